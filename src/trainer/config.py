@@ -1,0 +1,380 @@
+"""Typed recipes: one YAML file per model/preset under `configs/`, validated before anything loads.
+
+A recipe maps onto `RunConfig` below; every field has a `help`. Unknown keys and wrong types stop
+the run with an error naming the key (and the closest valid key), before any model or dataset is
+touched. `--set a.b=value` overrides are parsed as YAML scalars and validated the same way.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import difflib
+import os
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from trainer.errors import ConfigError
+
+LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:  # noqa: A002
+    """A dataclass field with a help text; mutable defaults go through a factory."""
+    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
+        value = default
+        return field(default_factory=lambda: copy.deepcopy(value), metadata={"help": help}, **kw)
+    return field(default=default, metadata={"help": help}, **kw)
+
+
+@dataclass
+class ModelConfig:
+    name: str = _f("unsloth/Qwen3-4B-Base", "Hub id or local path of the base causal LM.")
+    init: Literal["pretrained", "tiny"] = _f(
+        "pretrained",
+        "'tiny': build a tiny random Qwen3 model and tokenizer at `name` if it does not exist yet "
+        "(the embedded default); 'pretrained': load `name` as it is.",
+    )
+    revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
+    max_seq_length: int = _f(2048, "Longest sequence (prompt + completion) any stage handles.")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f(
+        "auto", "Weights dtype: 'auto' is bfloat16 on a GPU that supports it, else float32."
+    )
+    load_in_4bit: bool = _f(False, "QLoRA: load the base weights in 4 bit (unsloth backend only).")
+    add_format_tokens: bool = _f(
+        False,
+        "Add the reasoning tags to the vocabulary where the tokenizer lacks them (resizes the "
+        "embeddings). Off for the reference recipe: its LoRA does not train embeddings, so the tags "
+        "stay plain text there.",
+    )
+    trust_remote_code: bool = _f(False, "Run model code from the hub repo. Off unless a recipe needs it.")
+
+
+@dataclass
+class LoraConfig:
+    r: int = _f(32, "LoRA rank.")
+    alpha: int = _f(64, "LoRA alpha (scale = alpha / r).")
+    dropout: float = _f(0.0, "LoRA dropout.")
+    target_modules: list[str] = _f(LORA_TARGETS, "Module names that get LoRA adapters.")
+    gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass to save memory.")
+
+
+@dataclass
+class DatasetConfig:
+    path: str = _f("", "Hub dataset id, or a local .jsonl / .parquet file.")
+    name: str | None = _f(None, "Hub dataset config name (e.g. 'en', 'main').")
+    split: str = _f("train", "Hub split. Ignored for local files.")
+    columns: dict[str, str] = _f(
+        {}, "Mapping from this stage's column names to the dataset's (e.g. {answer: solution})."
+    )
+    limit: int | None = _f(None, "Use at most this many rows (after filters).")
+    on_bad_row: Literal["error", "skip"] = _f(
+        "error", "A malformed row in a local file: 'error' stops with file:line, 'skip' logs and skips it."
+    )
+
+
+@dataclass
+class SFTConfig:
+    dataset: DatasetConfig = _f(
+        DatasetConfig(path="unsloth/OpenMathReasoning-mini", split="cot"),
+        "SFT data: columns problem, solution, answer.",
+    )
+    learning_rate: float = _f(2e-4, "Peak learning rate.")
+    num_train_epochs: float = _f(2.0, "Epochs over the SFT data (ignored when max_steps > 0).")
+    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 runs num_train_epochs.")
+    per_device_train_batch_size: int = _f(1, "Sequences per device per micro-batch.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    warmup_steps: int = _f(5, "Linear warmup steps.")
+    optim: str = _f("adamw_8bit", "Optimizer name (transformers). adamw_8bit needs bitsandbytes (GPU).")
+    weight_decay: float = _f(0.001, "Weight decay.")
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule.")
+    logging_steps: int = _f(1, "Log every N steps.")
+    save_steps: int = _f(500, "Write a resumable checkpoint every N steps.")
+
+
+@dataclass
+class GRPOConfig:
+    dataset: DatasetConfig = _f(
+        DatasetConfig(path="open-r1/DAPO-Math-17k-Processed", name="en", columns={"answer": "solution"}),
+        "GRPO data: columns prompt, answer.",
+    )
+    start_from: str | None = _f(
+        None, "Adapter to start from; default: this run's SFT adapter on the checkpoint volume."
+    )
+    learning_rate: float = _f(5e-6, "Peak learning rate.")
+    weight_decay: float = _f(0.001, "Weight decay.")
+    warmup_ratio: float = _f(0.1, "Share of steps spent in linear warmup.")
+    lr_scheduler_type: str = _f("linear", "Learning-rate schedule.")
+    optim: str = _f("adamw_8bit", "Optimizer name (transformers).")
+    max_steps: int = _f(100, "Optimizer steps.")
+    save_steps: int = _f(100, "Write a resumable checkpoint every N steps.")
+    logging_steps: int = _f(1, "Log every N steps.")
+    num_generations: int = _f(4, "Completions sampled per prompt (the GRPO group).")
+    per_device_train_batch_size: int = _f(
+        4, "Completions per device per micro-batch; must be a multiple of num_generations."
+    )
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
+    temperature: float = _f(1.0, "Sampling temperature of rollouts.")
+    top_p: float = _f(1.0, "Nucleus sampling of rollouts.")
+    top_k: int = _f(0, "Top-k sampling of rollouts (0: off).")
+    min_p: float | None = _f(0.1, "Min-p sampling of rollouts.")
+    prompt_length_quantile: float = _f(
+        0.9, "Prompts longer than this quantile of prompt token lengths are dropped."
+    )
+    max_prompt_length: int | None = _f(
+        None, "Longest prompt in tokens; default: the quantile cut above + 1."
+    )
+    max_completion_length: int | None = _f(
+        None, "Longest completion in tokens; default: max_seq_length - max_prompt_length."
+    )
+    loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = _f(
+        "dapo", "GRPO loss normalisation (TRL loss_type). Stated here because Unsloth changes it silently."
+    )
+    beta: float = _f(0.0, "KL coefficient; 0 loads no reference model.")
+    epsilon: float = _f(0.2, "PPO clip range.")
+    scale_rewards: Literal["group", "batch", "none"] = _f("group", "Advantage scaling.")
+    mask_truncated_completions: bool = _f(
+        False, "Exclude completions cut at max_completion_length from the loss."
+    )
+    reward_set: Literal["default", "seed"] = _f(
+        "default", "'seed': the reference recipe's rewards as they are; 'default': the same with defects fixed."
+    )
+    rewards: list[str] = _f(
+        ["match_format_exactly", "match_format_approximately", "check_answer", "check_numbers"],
+        "Reward functions by name, from the chosen set.",
+    )
+    reward_weights: list[float] | None = _f(None, "One weight per reward; default all 1.0.")
+    reward_error_score: float = _f(
+        -5.0, "Score of a completion on which a reward function raised (the run goes on)."
+    )
+    use_vllm: bool = _f(False, "Generate rollouts with vLLM (needs vllm; GPU image only).")
+    vllm_mode: Literal["colocate", "server"] = _f("colocate", "vLLM in the trainer process, or a trl vllm-serve server.")
+    vllm_gpu_memory_utilization: float = _f(0.9, "Share of GPU memory vLLM may take (colocate).")
+    log_completions: bool = _f(True, "Log a table of sample completions.")
+
+
+@dataclass
+class EvalDatasetConfig:
+    name: str = _f("", "Short name used in reports (e.g. gsm8k).")
+    path: str = _f("", "Hub dataset id, or a local .jsonl / .parquet file.")
+    config: str | None = _f(None, "Hub dataset config name.")
+    split: str = _f("test", "Hub split.")
+    columns: dict[str, str] = _f({}, "Mapping from question/answer to the dataset's columns.")
+    answer_format: Literal["plain", "gsm8k"] = _f(
+        "plain", "'gsm8k': the answer column is a worked solution ending in '#### <answer>'."
+    )
+    limit: int | None = _f(None, "Evaluate only the first N problems.")
+
+
+@dataclass
+class EvalConfig:
+    datasets: list[EvalDatasetConfig] = _f(
+        [
+            EvalDatasetConfig(name="gsm8k", path="openai/gsm8k", config="main", answer_format="gsm8k"),
+            EvalDatasetConfig(name="math500", path="HuggingFaceH4/MATH-500"),
+        ],
+        "Held-out problem sets.",
+    )
+    models: list[Literal["base", "sft", "grpo"]] = _f(
+        ["base", "sft", "grpo"], "Which models to compare: the base model and this run's adapters."
+    )
+    max_new_tokens: int = _f(1024, "Completion budget per problem.")
+    batch_size: int = _f(16, "Prompts per generation batch.")
+    num_samples: int = _f(1, "Sampled completions per problem for sampled pass@1 (0: greedy only).")
+    temperature: float = _f(1.0, "Temperature of the sampled pass@1.")
+    top_k: int = _f(50, "Top-k of the sampled pass@1.")
+    limit: int | None = _f(None, "Evaluate at most N problems per dataset (overrides each dataset's limit).")
+
+
+@dataclass
+class InferConfig:
+    adapter: str = _f("latest", "'latest', 'grpo', 'sft', 'none' or a path to a PEFT adapter.")
+    prompt: str = _f("What is 12*7?", "The problem to solve.")
+    temperature: float = _f(1.0, "Sampling temperature (0: greedy).")
+    top_k: int = _f(50, "Top-k sampling.")
+    max_new_tokens: int = _f(2048, "Completion budget.")
+
+
+@dataclass
+class ExportConfig:
+    adapter: str = _f("latest", "'latest', 'grpo', 'sft' or a path to a PEFT adapter.")
+    merged: bool = _f(True, "Also write the base model with the adapter merged in, 16 bit.")
+    push: bool = _f(False, "Push to the Hugging Face Hub (needs HF_TOKEN).")
+    hub_repo: str | None = _f(None, "Hub repo id to push to, e.g. 'me/qwen3-4b-math'.")
+    private: bool = _f(True, "Create the Hub repo private.")
+
+
+@dataclass
+class RunConfig:
+    run_name: str = _f("default", "Folder under CHECKPOINT_DIR holding this run's stages.")
+    seed: int = _f(3407, "Random seed for every stage.")
+    backend: Literal["hf", "unsloth"] = _f(
+        "hf", "'unsloth': FastLanguageModel on a GPU; 'hf': transformers + PEFT + TRL (CPU or GPU)."
+    )
+    report_to: list[str] = _f(["tensorboard"], "Trackers: tensorboard, wandb, trackio (or empty).")
+    model: ModelConfig = _f(ModelConfig(), "Base model.")
+    lora: LoraConfig = _f(LoraConfig(), "LoRA adapter.")
+    sft: SFTConfig = _f(SFTConfig(), "Stage 1: supervised format teaching.")
+    grpo: GRPOConfig = _f(GRPOConfig(), "Stage 2: reinforcement learning.")
+    eval: EvalConfig = _f(EvalConfig(), "Held-out evaluation.")
+    infer: InferConfig = _f(InferConfig(), "One-prompt inference.")
+    export: ExportConfig = _f(ExportConfig(), "Adapter / merged model export.")
+
+    def __post_init__(self) -> None:
+        g = self.grpo
+        if g.per_device_train_batch_size % g.num_generations:
+            raise ConfigError(
+                f"grpo.per_device_train_batch_size ({g.per_device_train_batch_size}) must be a multiple of "
+                f"grpo.num_generations ({g.num_generations}); set it to {g.num_generations}."
+            )
+        if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
+            raise ConfigError(
+                f"grpo.reward_weights has {len(g.reward_weights)} values for {len(g.rewards)} grpo.rewards; "
+                "give one weight per reward."
+            )
+        if not 0 < g.prompt_length_quantile <= 1:
+            raise ConfigError("grpo.prompt_length_quantile must be in (0, 1].")
+        if self.model.load_in_4bit and self.backend != "unsloth":
+            raise ConfigError("model.load_in_4bit needs backend: unsloth.")
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading and validation
+
+
+def _type_name(tp: Any) -> str:
+    if dataclasses.is_dataclass(tp):
+        return "a mapping"
+    origin = typing.get_origin(tp)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(tp))
+    if origin is list:
+        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is dict:
+        return "a mapping"
+    return {int: "an integer", float: "a number", bool: "true/false", str: "a string", type(None): "null"}.get(
+        tp, str(tp)
+    )
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check `value` against the annotation `tp`; return it converted (dicts to dataclasses)."""
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}.")
+        return _build(tp, value, key + ".")
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for arg in typing.get_args(tp):
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(e)
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}.")
+    if origin is Literal:
+        if value in typing.get_args(tp):
+            return value
+        raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}.")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}.")
+        (arg,) = typing.get_args(tp)
+        return [_coerce(v, arg, f"{key}[{i}]") for i, v in enumerate(value)]
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}.")
+        _, varg = typing.get_args(tp)
+        return {str(k): _coerce(v, varg, f"{key}.{k}") for k, v in value.items()}
+    if tp is type(None):
+        if value is None:
+            return None
+    elif tp is bool:
+        if isinstance(value, bool):
+            return value
+    elif tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads `2e-4` (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+    elif tp is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise TypeError(f"unsupported annotation {tp!r} for {key}")
+    raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}.")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in data.items():
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
+            hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}."
+            raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
+        kwargs[key] = _coerce(value, hints[key], prefix + key)
+    return cls(**kwargs)
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for k, v in override.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are YAML scalars or lists."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override '{item}' is not key=value (e.g. --set grpo.max_steps=10).")
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        node = out
+        *parents, leaf = key.strip().split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a recipe, apply `key=value` overrides, and validate it. Raises ConfigError."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file '{p}' not found; pick one of configs/*.yaml.")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f"{p}:{mark.line + 1}" if mark else str(p)
+            raise ConfigError(f"config file {where} is not valid YAML: {getattr(e, 'problem', e)}.") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"config file '{p}' must hold a mapping of keys, not {type(data).__name__}.")
+    data = _merge(data, parse_overrides(overrides or []))
+    return _build(RunConfig, data)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)

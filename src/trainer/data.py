@@ -1,0 +1,169 @@
+"""Datasets for each stage: hub or local files, a column mapping, and the recipe's filters.
+
+Every stage names the columns it needs (SFT: problem, solution, answer; GRPO: prompt, answer;
+eval: question, answer); `columns` in the config maps those names onto the dataset's own.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+from trainer.config import DatasetConfig, EvalDatasetConfig
+from trainer.errors import DataError
+from trainer.format import prompt_messages, render_solution
+
+log = logging.getLogger(__name__)
+
+SFT_COLUMNS = {"problem": "problem", "solution": "generated_solution", "answer": "expected_answer"}
+GRPO_COLUMNS = {"prompt": "prompt", "answer": "answer"}
+EVAL_COLUMNS = {"question": "question", "answer": "answer"}
+_LOCAL_SUFFIXES = (".jsonl", ".json", ".parquet")
+
+
+def _read_jsonl(path: Path, on_bad_row: str) -> list[dict[str, Any]]:
+    rows = []
+    with path.open(encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+                if not isinstance(row, dict):
+                    raise ValueError(f"expected a JSON object, got {type(row).__name__}")
+            except ValueError as e:
+                msg = f"{path}:{lineno}: malformed row ({e})"
+                if on_bad_row == "error":
+                    raise DataError(f"{msg}; fix the line or set on_bad_row: skip for this dataset.") from None
+                log.warning("%s; skipped", msg)
+                continue
+            rows.append(row)
+    return rows
+
+
+def load_rows(path: str, *, name: str | None = None, split: str = "train", on_bad_row: str = "error") -> list[dict]:
+    """Rows of a local .jsonl/.json/.parquet file, or of a hub dataset split."""
+    local = Path(path)
+    if path.endswith(_LOCAL_SUFFIXES) or local.exists():
+        if not local.is_file():
+            raise DataError(f"dataset file '{path}' not found (relative paths start at {Path.cwd()}).")
+        if local.suffix == ".parquet":
+            import pyarrow.parquet as pq
+
+            try:
+                return pq.read_table(local).to_pylist()
+            except Exception as e:  # pyarrow raises several types for a damaged file
+                raise DataError(f"dataset file '{path}' is not a readable parquet file: {e}") from None
+        return _read_jsonl(local, on_bad_row)
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(path, name, split=split)
+    except Exception as e:  # network, missing split/config, auth: all end as one message
+        raise DataError(
+            f"could not load hub dataset '{path}' (config {name!r}, split {split!r}): {type(e).__name__}: {e}"
+        ) from None
+    return ds.to_list()
+
+
+def select_columns(rows: list[dict], wanted: dict[str, str], mapping: dict[str, str], source: str) -> list[dict]:
+    """Rename the dataset's columns to the stage's names; error naming any that are missing."""
+    unknown = set(mapping) - set(wanted)
+    if unknown:
+        raise DataError(
+            f"{source}: columns mapping names {sorted(unknown)}, but this stage uses {sorted(wanted)}."
+        )
+    cols = {k: mapping.get(k, v) for k, v in wanted.items()}
+    if not rows:
+        raise DataError(f"{source}: the dataset is empty.")
+    available = set(rows[0])
+    for ours, theirs in cols.items():
+        if theirs not in available:
+            raise DataError(
+                f"{source}: column '{theirs}' (for {ours}) not found; it has {sorted(available)}. "
+                f"Map it with columns: {{{ours}: <column>}}."
+            )
+    out = []
+    for i, row in enumerate(rows):
+        item = {}
+        for ours, theirs in cols.items():
+            value = row.get(theirs)
+            if value is None:
+                raise DataError(f"{source}: row {i + 1} has no value in column '{theirs}'.")
+            item[ours] = value if isinstance(value, str) else str(value)
+        out.append(item)
+    return out
+
+
+def _nonempty(rows: list, what: str, source: str) -> list:
+    if not rows:
+        raise DataError(f"{source}: no rows left after the filter '{what}'; check the data or relax the filter.")
+    return rows
+
+
+def _is_number(text: str) -> bool:
+    try:
+        return math.isfinite(float(text.replace(",", "")))
+    except ValueError:
+        return False
+
+
+_THINK = re.compile(r"</?think>")
+
+
+def sft_texts(cfg: DatasetConfig, tokenizer: Any, max_seq_length: int) -> list[str]:
+    """SFT rows rendered in the reasoning format, with the recipe's filters:
+    numeric answers only, `<think>` tags stripped, at most max_seq_length/2 tokens."""
+    source = cfg.path
+    rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    rows = select_columns(rows, SFT_COLUMNS, cfg.columns, source)
+    rows = _nonempty([r for r in rows if _is_number(r["answer"])], "numeric answer", source)
+    texts = []
+    for r in rows:
+        working = _THINK.sub("", r["solution"]).strip()
+        messages = prompt_messages(r["problem"]) + [
+            {"role": "assistant", "content": render_solution(working, r["answer"].strip())}
+        ]
+        texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    texts = _nonempty([t for t, n in zip(texts, lengths) if n <= max_seq_length // 2], "length <= max_seq_length/2", source)
+    texts = texts[: cfg.limit] if cfg.limit else texts
+    log.info("SFT data: %d rows kept of %d read from %s", len(texts), len(lengths), source)
+    return texts
+
+
+def grpo_prompts(cfg: DatasetConfig, tokenizer: Any, quantile: float) -> tuple[list[dict], int]:
+    """GRPO rows {prompt: messages, answer} with prompts above the length quantile dropped.
+
+    Returns the rows and the longest kept prompt length in tokens."""
+    source = cfg.path
+    rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    rows = select_columns(rows, GRPO_COLUMNS, cfg.columns, source)
+    items = [{"prompt": prompt_messages(r["prompt"]), "answer": r["answer"].strip()} for r in rows]
+    lengths = [
+        len(tokenizer.apply_chat_template(it["prompt"], tokenize=True, add_generation_prompt=True)) for it in items
+    ]
+    cut = sorted(lengths)[max(0, math.ceil(quantile * len(lengths)) - 1)]
+    items = _nonempty([it for it, n in zip(items, lengths) if n <= cut], f"prompt length <= {cut} tokens", source)
+    items = items[: cfg.limit] if cfg.limit else items
+    log.info("GRPO data: %d prompts kept of %d (cut at %d tokens)", len(items), len(lengths), cut)
+    return items, cut
+
+
+def eval_problems(cfg: EvalDatasetConfig, limit: int | None) -> list[dict[str, str]]:
+    """Held-out problems {question, answer}; GSM8K answers reduced to the text after '####'."""
+    source = f"eval dataset '{cfg.name}' ({cfg.path})"
+    rows = load_rows(cfg.path, name=cfg.config, split=cfg.split)
+    rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source)
+    if cfg.answer_format == "gsm8k":
+        for r in rows:
+            if "####" not in r["answer"]:
+                raise DataError(f"{source}: answer without '####' in row {r['question'][:60]!r}.")
+            r["answer"] = r["answer"].rsplit("####", 1)[1].strip()
+    n = limit or cfg.limit
+    return rows[:n] if n else rows
+

@@ -1,0 +1,122 @@
+"""Loading the base model, tokenizer and LoRA adapters (the `hf` backend: transformers + PEFT)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+from trainer.config import LoraConfig, ModelConfig, RunConfig
+from trainer.errors import UserError
+from trainer.format import apply_format
+
+log = logging.getLogger(__name__)
+
+
+def torch_dtype(cfg: ModelConfig) -> Any:
+    import torch
+
+    if cfg.dtype != "auto":
+        return getattr(torch, cfg.dtype)
+    if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return torch.float32
+
+
+def resolve_model_path(cfg: ModelConfig, seed: int = 0) -> str:
+    """The path or hub id to load; builds the tiny model first when the recipe asks for it."""
+    if cfg.init == "tiny":
+        from trainer.tiny import ensure_tiny_model
+
+        return str(ensure_tiny_model(cfg.name, seed))
+    return cfg.name
+
+
+def load_tokenizer(cfg: RunConfig, source: str | None = None) -> Any:
+    """The tokenizer with the reasoning format applied. `source` loads a saved adapter's copy."""
+    from transformers import AutoTokenizer
+
+    name = source or resolve_model_path(cfg.model, cfg.seed)
+    try:
+        tok = AutoTokenizer.from_pretrained(
+            name, revision=None if source else cfg.model.revision, trust_remote_code=cfg.model.trust_remote_code
+        )
+    except OSError as e:
+        raise UserError(f"could not load the tokenizer of '{name}': {e}") from None
+    apply_format(tok, add_tokens=cfg.model.add_format_tokens and source is None)
+    return tok
+
+
+def load_base_model(cfg: RunConfig, tokenizer: Any) -> Any:
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    name = resolve_model_path(cfg.model, cfg.seed)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(
+            name,
+            revision=cfg.model.revision,
+            dtype=torch_dtype(cfg.model),
+            trust_remote_code=cfg.model.trust_remote_code,
+            device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
+        )
+    except OSError as e:
+        raise UserError(f"could not load the model '{name}': {e}") from None
+    if len(tokenizer) > model.get_input_embeddings().num_embeddings:
+        model.resize_token_embeddings(len(tokenizer))
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    return model
+
+
+def peft_config(cfg: LoraConfig) -> Any:
+    from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(
+        r=cfg.r,
+        lora_alpha=cfg.alpha,
+        lora_dropout=cfg.dropout,
+        target_modules=list(cfg.target_modules),
+        bias="none",
+        task_type="CAUSAL_LM",
+    )
+
+
+def add_lora(model: Any, cfg: LoraConfig) -> Any:
+    from peft import get_peft_model
+
+    return get_peft_model(model, peft_config(cfg))
+
+
+def load_adapter(model: Any, path: Path, trainable: bool) -> Any:
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
+
+
+def inference_model(cfg: RunConfig, adapters: dict[str, Path]) -> tuple[Any, Any]:
+    """The base model with each named adapter loaded (switch with `use_adapter`), and the tokenizer."""
+    if cfg.backend == "unsloth":
+        from trainer import unsloth_backend
+
+        return unsloth_backend.inference_model(cfg, adapters)
+    tokenizer = load_tokenizer(cfg)
+    model = load_base_model(cfg, tokenizer)
+    for i, (name, path) in enumerate(adapters.items()):
+        if i == 0:
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
+        else:
+            model.load_adapter(str(path), adapter_name=name)
+    return model, tokenizer
+
+
+def use_adapter(model: Any, name: str | None) -> Any:
+    """A context manager that runs `model` with adapter `name`, or with none (the base model)."""
+    import contextlib
+
+    if name is None:
+        return model.disable_adapter() if hasattr(model, "disable_adapter") else contextlib.nullcontext()
+    model.set_adapter(name)
+    return contextlib.nullcontext()

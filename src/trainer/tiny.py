@@ -1,0 +1,95 @@
+"""The embedded default model: a tiny random Qwen3 and a byte-level BPE tokenizer, built locally.
+
+Built once (from the shipped sample data) and saved like a hub model, so every stage loads it
+through the same `from_pretrained` path as `unsloth/Qwen3-4B-Base`. No network needed.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from trainer.format import CHAT_TEMPLATE, SYSTEM_PROMPT, TAGS
+
+log = logging.getLogger(__name__)
+
+EOS = "<|endoftext|>"
+SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
+
+
+def _corpus() -> list[str]:
+    texts = [SYSTEM_PROMPT]
+    for f in sorted(SAMPLE_DIR.glob("*.jsonl")):
+        for line in f.read_text().splitlines():
+            texts.extend(str(v) for v in json.loads(line).values())
+    return texts
+
+
+def build_tokenizer(vocab_size: int = 1024):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=[EOS],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(_corpus(), trainer=trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    # The tags are ordinary tokens (not special): decoding with skip_special_tokens keeps them.
+    fast.add_tokens(TAGS)
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def build_model(vocab_size: int, seed: int = 0):
+    import torch
+    from transformers import Qwen3Config, Qwen3ForCausalLM
+
+    torch.manual_seed(seed)
+    config = Qwen3Config(
+        vocab_size=vocab_size,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        max_position_embeddings=2048,
+        tie_word_embeddings=True,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    return Qwen3ForCausalLM(config)
+
+
+def ensure_tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:
+    """Build the tiny model at `path` unless it is already there. Atomic: built aside, then renamed."""
+    dest = Path(path)
+    if (dest / "config.json").is_file():
+        return dest
+    log.info("building the tiny Qwen3 model and tokenizer at %s", dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        tokenizer = build_tokenizer()
+        model = build_model(len(tokenizer), seed)
+        model.config.eos_token_id = tokenizer.eos_token_id
+        model.config.pad_token_id = tokenizer.pad_token_id
+        model.generation_config.eos_token_id = tokenizer.eos_token_id
+        model.generation_config.pad_token_id = tokenizer.pad_token_id
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return dest

@@ -1,0 +1,140 @@
+"""The checkpoint volume: one folder per run, one per stage, written atomically.
+
+    $CHECKPOINT_DIR/<run_name>/
+        sft/adapter/            PEFT adapter + tokenizer (the final SFT result)
+        sft/run.json            resolved config, package versions, git commit
+        grpo/checkpoints/       periodic, resumable trainer checkpoints
+        grpo/adapter/           the final GRPO adapter
+        eval/report.json, eval/report.md
+
+A stage writes its adapter into a temporary folder and renames it into place, so a killed stage
+never leaves a half-written adapter that a later stage would load. The previous adapter is kept
+as `adapter.prev` until the new one is in place.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import logging
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from trainer.config import RunConfig, to_dict
+from trainer.errors import UserError
+
+log = logging.getLogger(__name__)
+
+STAGES = ("sft", "grpo")
+ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors")
+_PACKAGES = ("torch", "transformers", "trl", "peft", "accelerate", "datasets", "unsloth", "vllm", "math-verify")
+
+
+def checkpoint_root() -> Path:
+    return Path(os.environ.get("CHECKPOINT_DIR") or "checkpoints")
+
+
+def stage_dir(cfg: RunConfig, stage: str) -> Path:
+    return checkpoint_root() / cfg.run_name / stage
+
+
+def is_adapter(path: Path) -> bool:
+    return all((path / f).is_file() for f in ADAPTER_FILES)
+
+
+def write_atomic(dest: Path, write: Callable[[Path], None]) -> Path:
+    """Call `write(tmp_dir)`, then move the finished folder to `dest` (keeping the old one as .prev)."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
+    try:
+        write(tmp)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    prev = dest.with_name(dest.name + ".prev")
+    if dest.exists():
+        shutil.rmtree(prev, ignore_errors=True)
+        os.replace(dest, prev)
+    os.replace(tmp, dest)
+    shutil.rmtree(prev, ignore_errors=True)
+    return dest
+
+
+def save_adapter(model: Any, tokenizer: Any, dest: Path) -> Path:
+    """Save a PEFT adapter and its tokenizer atomically."""
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+
+    return write_atomic(dest, write)
+
+
+def find_adapter(cfg: RunConfig, which: str) -> Path | None:
+    """Resolve 'sft', 'grpo', 'latest' (grpo, else sft) or a path to a complete adapter folder."""
+    if which not in ("sft", "grpo", "latest"):
+        path = Path(which)
+        if not is_adapter(path):
+            raise UserError(f"adapter '{which}' not found: expected {' and '.join(ADAPTER_FILES)} in that folder.")
+        return path
+    for stage in (("grpo", "sft") if which == "latest" else (which,)):
+        for name in ("adapter", "adapter.prev"):  # .prev survives a kill between the two renames
+            path = stage_dir(cfg, stage) / name
+            if is_adapter(path):
+                return path
+    return None
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in _PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return versions
+
+
+def git_commit() -> str | None:
+    """The source commit: git where the package runs from a checkout, else TRAINER_GIT_COMMIT (the image)."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--verify", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            cwd=Path(__file__).resolve().parent,
+        )
+        if out.returncode == 0:
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return os.environ.get("TRAINER_GIT_COMMIT") or None
+
+
+def write_run_record(cfg: RunConfig, stage: str, **extra: Any) -> Path:
+    """The resolved config, versions and commit, next to the stage's artifacts. No secrets: the
+    config holds none, and no environment variables are recorded."""
+    record = {
+        "stage": stage,
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "command": [Path(sys.argv[0]).name, *sys.argv[1:]],
+        "git_commit": git_commit(),
+        "versions": package_versions(),
+        "config": to_dict(cfg),
+        **extra,
+    }
+    path = stage_dir(cfg, stage) / "run.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
+    os.replace(tmp, path)
+    return path
