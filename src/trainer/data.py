@@ -136,6 +136,12 @@ def sft_texts(cfg: DatasetConfig, tokenizer: Any, max_seq_length: int) -> list[s
     return texts
 
 
+def prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
+    """Tokens of a rendered prompt, generation prompt included (what the trainer will feed)."""
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def grpo_prompts(cfg: DatasetConfig, tokenizer: Any, quantile: float) -> tuple[list[dict], int]:
     """GRPO rows {prompt: messages, answer} with prompts above the length quantile dropped.
 
@@ -144,9 +150,7 @@ def grpo_prompts(cfg: DatasetConfig, tokenizer: Any, quantile: float) -> tuple[l
     rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
     rows = select_columns(rows, GRPO_COLUMNS, cfg.columns, source)
     items = [{"prompt": prompt_messages(r["prompt"]), "answer": r["answer"].strip()} for r in rows]
-    lengths = [
-        len(tokenizer.apply_chat_template(it["prompt"], tokenize=True, add_generation_prompt=True)) for it in items
-    ]
+    lengths = [prompt_length(tokenizer, it["prompt"]) for it in items]
     cut = sorted(lengths)[max(0, math.ceil(quantile * len(lengths)) - 1)]
     items = _nonempty([it for it, n in zip(items, lengths) if n <= cut], f"prompt length <= {cut} tokens", source)
     items = items[: cfg.limit] if cfg.limit else items

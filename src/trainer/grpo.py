@@ -49,7 +49,7 @@ def main(cfg: RunConfig) -> Path:
         )
     args = GRPOConfig(
         **common_args(cfg, "grpo", g),
-        warmup_ratio=g.warmup_ratio,
+        warmup_steps=g.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         num_generations=g.num_generations,
         max_completion_length=max_completion,
         temperature=g.temperature,

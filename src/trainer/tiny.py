@@ -57,18 +57,22 @@ def build_model(vocab_size: int, seed: int = 0):
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=vocab_size,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
+        hidden_size=128,
+        intermediate_size=384,
+        num_hidden_layers=4,
         num_attention_heads=4,
         num_key_value_heads=2,
-        head_dim=16,
+        head_dim=32,
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         eos_token_id=None,
         pad_token_id=None,
     )
-    return Qwen3ForCausalLM(config)
+    model = Qwen3ForCausalLM(config)
+    # The default init (std 0.02) makes tied-embedding logits so small that, with the base weights
+    # frozen under LoRA, no output can become confident: the tiny model could never learn the format.
+    torch.nn.init.normal_(model.get_input_embeddings().weight, std=0.1)
+    return model
 
 
 def ensure_tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:

@@ -1,0 +1,50 @@
+"""Shared fixtures: the repo as working directory, a private checkpoint volume, the tiny model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Recipes name data files relative to the repo root, as `make` runs them.
+    monkeypatch.chdir(ROOT)
+
+
+@pytest.fixture
+def volume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty CHECKPOINT_DIR for one test."""
+    path = tmp_path / "checkpoints"
+    monkeypatch.setenv("CHECKPOINT_DIR", str(path))
+    monkeypatch.setenv("TRAINER_ENV_FILE", str(tmp_path / "no.env"))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny Qwen3 + tokenizer, built once per session through the product's own builder."""
+    from trainer.tiny import ensure_tiny_model
+
+    return ensure_tiny_model(tmp_path_factory.mktemp("models") / "tiny-qwen3")
+
+
+@pytest.fixture
+def tiny_overrides(tiny_model_dir: Path) -> list[str]:
+    """Overrides that make configs/tiny.yaml fast enough for a test: a few steps, short outputs."""
+    return [
+        f"model.name={tiny_model_dir}",
+        "sft.max_steps=2",
+        "sft.logging_steps=1",
+        "grpo.max_steps=2",
+        "grpo.save_steps=1",
+        "grpo.max_completion_length=16",
+        "grpo.log_completions=false",
+        "eval.limit=4",
+        "eval.max_new_tokens=16",
+        "eval.num_samples=1",
+        "infer.max_new_tokens=16",
+    ]

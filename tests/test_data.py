@@ -1,0 +1,109 @@
+"""Data: the recipe's filters on the shipped sample and the public eval files, and bad rows."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from transformers import AutoTokenizer
+
+from trainer.config import DatasetConfig, EvalDatasetConfig
+from trainer.data import eval_problems, grpo_prompts, load_rows, prompt_length, sft_texts
+from trainer.errors import DataError
+from trainer.format import apply_format
+
+SAMPLE = "src/trainer/sample_data"
+
+
+@pytest.fixture
+def tok(tiny_model_dir: Path):
+    t = AutoTokenizer.from_pretrained(tiny_model_dir)
+    apply_format(t)
+    return t
+
+
+def test_sft_keeps_numeric_answers_strips_think(tok) -> None:
+    texts = sft_texts(DatasetConfig(path=f"{SAMPLE}/sft.jsonl"), tok, max_seq_length=512)
+    assert len(texts) == 240  # the two non-numeric rows (2x, \frac{1}{2}) are dropped
+    assert not any("<think>" in t or "</think>" in t for t in texts)
+    # one <SOLUTION> in the system prompt, one in the answer
+    assert all(t.count("<SOLUTION>") == 2 and t.endswith("</SOLUTION><|endoftext|>") for t in texts)
+
+
+def test_sft_length_cap_is_half_the_sequence(tok) -> None:
+    texts = sft_texts(DatasetConfig(path=f"{SAMPLE}/sft.jsonl"), tok, max_seq_length=512)
+    n = [len(tok(t, add_special_tokens=False)["input_ids"]) for t in texts]
+    cap = sorted(n)[len(n) // 2]  # a cap that the longer half exceeds
+    kept = sft_texts(DatasetConfig(path=f"{SAMPLE}/sft.jsonl"), tok, max_seq_length=2 * cap)
+    assert len(kept) == sum(x <= cap for x in n) < len(texts)
+    with pytest.raises(DataError, match=r"no rows left after the filter 'length <= max_seq_length/2'"):
+        sft_texts(DatasetConfig(path=f"{SAMPLE}/sft.jsonl"), tok, max_seq_length=4)
+
+
+def test_grpo_drops_prompts_above_the_quantile(tok) -> None:
+    cfg = DatasetConfig(path=f"{SAMPLE}/grpo.jsonl", columns={"answer": "solution"})
+    rows, cut = grpo_prompts(cfg, tok, quantile=0.9)
+    lengths = [prompt_length(tok, r["prompt"]) for r in rows]
+    assert max(lengths) == cut > 20
+    everything, top = grpo_prompts(cfg, tok, quantile=1.0)
+    dropped = [r for r in everything if r not in rows]
+    assert len(everything) == 240 and top > cut
+    assert dropped and all(prompt_length(tok, r["prompt"]) > cut for r in dropped)
+    assert len(rows) >= 0.9 * 240  # ties at the cut are kept
+    assert rows[0]["prompt"][0]["role"] == "system" and rows[0]["answer"]
+
+
+def test_grpo_on_dapo_sample(tok) -> None:
+    rows, cut = grpo_prompts(DatasetConfig(path="data/eval/dapo_sample.jsonl"), tok, quantile=0.9)
+    assert 57 <= len(rows) <= 64
+    all_lengths = sorted(
+        prompt_length(tok, r["prompt"])
+        for r in grpo_prompts(DatasetConfig(path="data/eval/dapo_sample.jsonl"), tok, quantile=1.0)[0]
+    )
+    assert cut == all_lengths[57]  # ceil(0.9 * 64) - 1
+
+
+def test_gsm8k_answers_after_hashes() -> None:
+    rows = eval_problems(
+        EvalDatasetConfig(name="gsm8k", path="data/eval/gsm8k_test.jsonl", answer_format="gsm8k"), None
+    )
+    assert len(rows) == 1319
+    assert sum("," in r["answer"] for r in rows) == 14  # thousands separators, per the data README
+    assert {"-10", "-3"} <= {r["answer"] for r in rows}
+
+
+def test_math500_column_mapping_and_limit() -> None:
+    cfg = EvalDatasetConfig(name="m", path="data/eval/math500_test.jsonl", columns={"question": "problem"})
+    rows = eval_problems(cfg, 5)
+    assert len(rows) == 5 and set(rows[0]) == {"question", "answer"}
+
+
+def test_missing_column_names_it_and_the_available_ones() -> None:
+    cfg = EvalDatasetConfig(name="m", path="data/eval/math500_test.jsonl")  # no question column
+    with pytest.raises(DataError, match=r"column 'question' \(for question\) not found; it has \['answer', 'level'"):
+        eval_problems(cfg, None)
+
+
+def test_malformed_line_reports_file_and_line(tmp_path: Path) -> None:
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"prompt": "a", "solution": "1"}) + "\n{broken\n" + json.dumps([1]) + "\n")
+    with pytest.raises(DataError, match=rf"{f}:2: malformed row"):
+        load_rows(str(f))
+    assert load_rows(str(f), on_bad_row="skip") == [{"prompt": "a", "solution": "1"}]
+
+
+def test_missing_file_is_named() -> None:
+    with pytest.raises(DataError, match=r"dataset file 'nope.jsonl' not found"):
+        load_rows("nope.jsonl")
+
+
+def test_parquet_with_column_mapping(tmp_path: Path, tok) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "d.parquet"
+    pq.write_table(pa.table({"question": ["What is 1 + 1?"], "final": ["2"]}), f)
+    rows, _ = grpo_prompts(DatasetConfig(path=str(f), columns={"prompt": "question", "answer": "final"}), tok, 0.9)
+    assert rows == [{"prompt": rows[0]["prompt"], "answer": "2"}]
+    assert rows[0]["prompt"][1]["content"] == "What is 1 + 1?"
