@@ -237,6 +237,14 @@ class RunConfig:
                 f"grpo.reward_weights has {len(g.reward_weights)} values for {len(g.rewards)} grpo.rewards; "
                 "give one weight per reward."
             )
+        from trainer.rewards import reward_names  # light: the symbolic checker loads on first use
+
+        valid = reward_names(g.reward_set)
+        for name in g.rewards:
+            if name not in valid:
+                close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
+                hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(valid)}."
+                raise ConfigError(f"grpo.rewards: unknown reward '{name}' in the {g.reward_set} set; {hint}")
         if not 0 < g.prompt_length_quantile <= 1:
             raise ConfigError("grpo.prompt_length_quantile must be in (0, 1].")
         if self.model.load_in_4bit and self.backend != "unsloth":
