@@ -41,17 +41,23 @@ def test_sft_length_cap_is_half_the_sequence(tok) -> None:
         sft_texts(DatasetConfig(path=f"{SAMPLE}/sft.jsonl"), tok, max_seq_length=4)
 
 
-def test_grpo_drops_prompts_above_the_quantile(tok) -> None:
+def test_grpo_drops_prompts_above_the_quantile(tok, tmp_path: Path) -> None:
+    f = tmp_path / "p.jsonl"
+    # Ten prompts of strictly increasing length: the 0.9 quantile keeps nine, drops the longest.
+    f.write_text("".join(json.dumps({"prompt": "What is 1 + 1?" + " 1 + 1" * i, "solution": "2"}) + "\n" for i in range(10)))
+    rows, cut = grpo_prompts(DatasetConfig(path=str(f), columns={"answer": "solution"}), tok, quantile=0.9)
+    lengths = [prompt_length(tok, r["prompt"]) for r in rows]
+    assert len(rows) == 9 and max(lengths) == cut
+    longest = grpo_prompts(DatasetConfig(path=str(f), columns={"answer": "solution"}), tok, quantile=1.0)[1]
+    assert longest > cut
+    assert rows[0]["prompt"][0]["role"] == "system" and rows[0]["answer"] == "2"
+
+
+def test_grpo_on_shipped_sample_keeps_at_least_the_quantile(tok) -> None:
     cfg = DatasetConfig(path=f"{SAMPLE}/grpo.jsonl", columns={"answer": "solution"})
     rows, cut = grpo_prompts(cfg, tok, quantile=0.9)
-    lengths = [prompt_length(tok, r["prompt"]) for r in rows]
-    assert max(lengths) == cut > 20
-    everything, top = grpo_prompts(cfg, tok, quantile=1.0)
-    dropped = [r for r in everything if r not in rows]
-    assert len(everything) == 240 and top > cut
-    assert dropped and all(prompt_length(tok, r["prompt"]) > cut for r in dropped)
-    assert len(rows) >= 0.9 * 240  # ties at the cut are kept
-    assert rows[0]["prompt"][0]["role"] == "system" and rows[0]["answer"]
+    assert 0.9 * 240 <= len(rows) <= 240  # ties at the cut are kept
+    assert all(prompt_length(tok, r["prompt"]) <= cut for r in rows)
 
 
 def test_grpo_on_dapo_sample(tok) -> None:

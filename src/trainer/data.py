@@ -130,7 +130,7 @@ def sft_texts(cfg: DatasetConfig, tokenizer: Any, max_seq_length: int) -> list[s
         ]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    texts = _nonempty([t for t, n in zip(texts, lengths) if n <= max_seq_length // 2], "length <= max_seq_length/2", source)
+    texts = _nonempty([t for t, n in zip(texts, lengths, strict=True) if n <= max_seq_length // 2], "length <= max_seq_length/2", source)
     texts = texts[: cfg.limit] if cfg.limit else texts
     log.info("SFT data: %d rows kept of %d read from %s", len(texts), len(lengths), source)
     return texts
@@ -152,7 +152,7 @@ def grpo_prompts(cfg: DatasetConfig, tokenizer: Any, quantile: float) -> tuple[l
     items = [{"prompt": prompt_messages(r["prompt"]), "answer": r["answer"].strip()} for r in rows]
     lengths = [prompt_length(tokenizer, it["prompt"]) for it in items]
     cut = sorted(lengths)[max(0, math.ceil(quantile * len(lengths)) - 1)]
-    items = _nonempty([it for it, n in zip(items, lengths) if n <= cut], f"prompt length <= {cut} tokens", source)
+    items = _nonempty([it for it, n in zip(items, lengths, strict=True) if n <= cut], f"prompt length <= {cut} tokens", source)
     items = items[: cfg.limit] if cfg.limit else items
     log.info("GRPO data: %d prompts kept of %d (cut at %d tokens)", len(items), len(lengths), cut)
     return items, cut

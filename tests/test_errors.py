@@ -1,0 +1,259 @@
+"""Bad input and exhausted resources, through the CLI: one line naming the input and the fix, a
+distinct exit code, and the earlier work on the volume exactly as it was."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from trainer.cli import main
+from trainer.resilience import LOCK, MANIFEST, checkpoints, verify_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(stage: str, overrides: list[str], config: str = "configs/tiny.yaml") -> int:
+    return main([stage, "--config", config, *[a for o in overrides for a in ("--set", o)]])
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    """sha256 of every file under `root` (lock files aside: they only ever hold a pid)."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != LOCK
+    }
+
+
+def error_line(err: str) -> str:
+    """The CLI's message: one line after 'error: ' (progress bars may precede it on stderr)."""
+    assert "error: " in err, err[-2000:]
+    line = err.rsplit("error: ", 1)[1]
+    assert line.count("\n") == 1 and line.endswith("\n"), line
+    return line
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A volume holding earlier work: a real one-step SFT run (adapter, checkpoint, run record)."""
+    volume = tmp_path_factory.mktemp("trained")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("CHECKPOINT_DIR", str(volume))
+        assert run("sft", [f"model.name={tiny_model_dir}", "sft.max_steps=1", "report_to=[]"]) == 0
+    return volume
+
+
+@pytest.fixture
+def vol(trained: Path, volume: Path) -> Path:
+    shutil.copytree(trained, volume)
+    return volume
+
+
+@pytest.fixture
+def base(tiny_model_dir: Path) -> list[str]:
+    return [
+        f"model.name={tiny_model_dir}",
+        "report_to=[]",
+        "grpo.max_completion_length=8",
+        "grpo.log_completions=false",
+    ]
+
+
+def bad_jsonl(tmp: Path) -> str:
+    path = tmp / "problems.jsonl"
+    path.write_text('{"prompt": "1+1?", "answer": "2"}\n{"prompt": "2+2?", "answer": "4"}\n{"prompt": "3+3?", "answ\n')
+    return f"grpo.dataset.path={path}"
+
+
+def bad_yaml(tmp: Path) -> str:
+    path = tmp / "recipe.yaml"
+    path.write_text("run_name: tiny\ngrpo:\n  max_steps: [1, 2\n")
+    return str(path)
+
+
+# (stage, overrides given a tmp dir, config given a tmp dir, exit code, what the line must say)
+CASES = {
+    "malformed jsonl line": ("grpo", bad_jsonl, None, 2, ["problems.jsonl:3: malformed row", "on_bad_row: skip"]),
+    "missing column": (
+        "grpo",
+        lambda t: "grpo.dataset.columns={answer: result}",
+        None,
+        2,
+        ["column 'result' (for answer) not found", "Map it with columns:"],
+    ),
+    "empty after a filter": (
+        "sft",
+        lambda t: "model.max_seq_length=8",
+        None,
+        2,
+        ["no rows left after the filter 'length <= max_seq_length/2'"],
+    ),
+    "bad yaml": ("grpo", None, bad_yaml, 2, ["recipe.yaml:", "is not valid YAML"]),
+    "unknown key": ("grpo", lambda t: "grpo.learnig_rate=1e-5", None, 2, ["did you mean 'grpo.learning_rate'?"]),
+    "wrong type": ("grpo", lambda t: "grpo.max_steps=ten", None, 2, ["'grpo.max_steps' must be an integer, got 'ten'"]),
+    "keep no checkpoint": (
+        "grpo",
+        lambda t: "grpo.keep_checkpoints=0",
+        None,
+        2,
+        ["grpo.keep_checkpoints must be at least 1"],
+    ),
+    "grpo without sft adapter": ("grpo", lambda t: "run_name=fresh", None, 2, ["none was found", "make sft"]),
+    "push without HF_TOKEN": ("export", lambda t: "export.push=true", None, 2, ["export.push needs HF_TOKEN"]),
+    "unsloth without gpu": ("sft", lambda t: "backend=unsloth", None, 2, ["backend: unsloth needs", "backend=hf"]),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_bad_input_is_one_line_and_leaves_the_volume_alone(
+    case: str, vol: Path, base: list[str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    stage, override, config, code, needles = CASES[case]
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    before = snapshot(vol)
+    capsys.readouterr()
+    overrides = [*base, override(tmp_path)] if override else base
+    assert run(stage, overrides, config(tmp_path) if config else "configs/tiny.yaml") == code
+    line = error_line(capsys.readouterr().err)
+    assert all(n in line for n in needles), line
+    assert snapshot(vol) == before
+
+
+def test_out_of_gpu_memory_names_the_settings_to_lower(
+    vol: Path, base: list[str], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    import torch
+    import trl
+
+    def oom(*args, **kwargs):
+        # What torch raises when a CUDA allocation fails; this machine has no GPU to exhaust.
+        raise torch.OutOfMemoryError(
+            "CUDA out of memory. Tried to allocate 2.50 GiB. GPU 0 has a total capacity of 79 GiB"
+        )
+
+    monkeypatch.setattr(trl.GRPOTrainer, "training_step", oom)
+    before = snapshot(vol)
+    capsys.readouterr()
+    assert run("grpo", [*base, "grpo.max_steps=2"]) == 5
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(
+        "grpo: CUDA out of memory (Tried to allocate 2.50 GiB); lower grpo.per_device_train_batch_size"
+    )
+    for key in (
+        "grpo.num_generations",
+        "grpo.max_completion_length",
+        "model.max_seq_length",
+        "lora.gradient_checkpointing",
+        "model.load_in_4bit",
+    ):
+        assert key in line
+    assert snapshot(vol) == before
+
+
+def test_non_finite_gradients_stop_and_keep_the_last_good_checkpoint(vol: Path, base: list[str], capsys) -> None:
+    before = snapshot(vol)
+    capsys.readouterr()
+    # Adam moves every weight by about the learning rate: 1e30 overflows the next forward pass.
+    args = [
+        *base,
+        "run_name=diverge",
+        "sft.learning_rate=1e30",
+        "sft.warmup_steps=0",
+        "sft.max_steps=4",
+        "sft.save_steps=1",
+    ]
+    assert run("sft", args) == 4
+    ckpts = vol / "diverge/sft/checkpoints"
+    assert error_line(capsys.readouterr().err) == (
+        f"sft: non-finite gradients at step 2; stopped without saving it (the last good checkpoint is "
+        f"{ckpts / 'checkpoint-1'}). Lower sft.learning_rate or check the data, then run again.\n"
+    )
+    assert [p.name for p in checkpoints(ckpts)] == ["checkpoint-1"]
+    assert verify_checkpoint(ckpts / "checkpoint-1") is None
+    assert not (vol / "diverge/sft/adapter").exists()
+    assert {k: v for k, v in snapshot(vol).items() if k in before} == before
+
+
+HOLD_LOCK = """
+import fcntl, os, sys, time
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+os.write(fd, b"4242 on gpu-box-1")
+print("locked", flush=True)
+time.sleep(600)
+"""
+
+
+def test_second_run_of_a_stage_refuses_while_the_first_holds_it(vol: Path, base: list[str], capsys) -> None:
+    lock = vol / "tiny/grpo" / LOCK
+    lock.parent.mkdir(parents=True)
+    # Another process holding the run's lock, as a running `trainer grpo` does.
+    holder = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(lock)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline() == "locked\n"
+        before = snapshot(vol)
+        capsys.readouterr()
+        assert run("grpo", base) == 3
+        line = error_line(capsys.readouterr().err)
+        assert line.startswith("run 'tiny' stage grpo is already running (process 4242 on gpu-box-1")
+        assert "--set run_name=" in line
+        assert snapshot(vol) == before and lock.read_text() == "4242 on gpu-box-1"
+    finally:
+        holder.kill()  # as kill -9 would: the kernel drops its lock
+        holder.wait()
+    # The stale lock file does not block: this run gets past the lock to its own (bad) dataset.
+    assert run("grpo", [*base, "grpo.dataset.path=missing.jsonl"]) == 2
+    assert "dataset file 'missing.jsonl' not found" in error_line(capsys.readouterr().err)
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Path:
+    """A 16 MiB tmpfs: a disk that really fills. Needs permission to mount (root in the container)."""
+    mnt = tmp_path / "small-disk"
+    mnt.mkdir()
+    res = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=16m", "tmpfs", str(mnt)], capture_output=True)
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {res.stderr.decode().strip()}")
+    yield mnt
+    subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def test_disk_full_during_a_checkpoint_names_the_volume_and_keeps_the_earlier_one(
+    small_disk: Path, trained: Path, base: list[str], monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    vol = small_disk / "checkpoints"
+    shutil.copytree(trained / "tiny/sft/adapter", vol / "tiny/sft/adapter")
+    monkeypatch.setenv("CHECKPOINT_DIR", str(vol))
+    # Room for one checkpoint (sized like SFT's, same LoRA) and a half: the second one hits the wall.
+    one = sum(p.stat().st_size for p in (trained / "tiny/sft/checkpoints/checkpoint-1").iterdir())
+    free = shutil.disk_usage(small_disk).free
+    (small_disk / "filler").write_bytes(b"\0" * (free - int(1.5 * one)))
+    before = snapshot(vol)
+    capsys.readouterr()
+    assert run("grpo", [*base, "grpo.max_steps=3", "grpo.save_steps=1"]) == 6
+    ckpts = vol / "tiny/grpo/checkpoints"
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith("grpo: disk full while writing ") and f"(CHECKPOINT_DIR {vol} has " in line
+    assert line.endswith(f"Earlier checkpoints are intact; the same command resumes from {ckpts / 'checkpoint-1'}.\n")
+    assert verify_checkpoint(ckpts / "checkpoint-1") is None
+    assert not (ckpts / "checkpoint-2" / MANIFEST).exists()
+    assert {k: v for k, v in snapshot(vol).items() if k in before} == before
+
+
+def test_exit_code_reaches_the_shell() -> None:
+    res = subprocess.run(
+        [sys.executable, "-m", "trainer", "grpo", "--config", "configs/tiny.yaml", "--set", "grpo.max_steps=ten"],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 2
+    assert res.stderr == "error: config key 'grpo.max_steps' must be an integer, got 'ten'.\n"

@@ -1,0 +1,194 @@
+"""Never lose a run: a tiny GRPO run killed (SIGKILL, SIGTERM) or left with a corrupt checkpoint
+resumes, through the CLI, to the same final step with the same adapter."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors import safe_open
+
+from trainer.cli import main
+from trainer.resilience import MANIFEST, checkpoints, last_checkpoint, rotate, verify_checkpoint, write_manifest
+
+ROOT = Path(__file__).resolve().parents[1]
+# One prompt of 4 completions of 8 tokens per step: a step takes about a second on a CPU core.
+FAST = [
+    "grpo.per_device_train_batch_size=4",
+    "grpo.max_completion_length=8",
+    "grpo.log_completions=false",
+    "report_to=[]",
+]
+
+
+def sets(overrides: list[str]) -> list[str]:
+    return [a for o in overrides for a in ("--set", o)]
+
+
+def run(stage: str, overrides: list[str]) -> int:
+    return main([stage, "--config", "configs/tiny.yaml", *sets(overrides)])
+
+
+@pytest.fixture(scope="module")
+def sft_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A real one-step SFT adapter for GRPO to start from."""
+    volume = tmp_path_factory.mktemp("sft-volume")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("CHECKPOINT_DIR", str(volume))
+        assert run("sft", [f"model.name={tiny_model_dir}", "sft.max_steps=1", "report_to=[]"]) == 0
+    return volume / "tiny/sft/adapter"
+
+
+@pytest.fixture
+def grpo_args(tiny_model_dir: Path, sft_adapter: Path) -> list[str]:
+    return [f"model.name={tiny_model_dir}", f"grpo.start_from={sft_adapter}", *FAST]
+
+
+def start(volume: Path, overrides: list[str], log: Path) -> subprocess.Popen:
+    """`python -m trainer grpo` in its own process, as a user (or a container) runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CHECKPOINT_DIR": str(volume)}
+    cmd = [sys.executable, "-m", "trainer", "grpo", "--config", "configs/tiny.yaml", *sets(overrides)]
+    return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"{path} never appeared (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+
+
+def shapes(adapter: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(adapter / "adapter_model.safetensors"), "pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def final_step(volume: Path) -> int:
+    return json.loads((volume / "tiny/grpo/run.json").read_text())["global_step"]
+
+
+@pytest.mark.slow
+def test_sigkill_after_first_checkpoint_resumes_to_the_same_end(
+    volume: Path, grpo_args: list[str], sft_adapter: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    args = [*grpo_args, "grpo.max_steps=3", "grpo.save_steps=1"]
+    ckpts = volume / "tiny/grpo/checkpoints"
+    log = tmp_path / "grpo.log"
+    proc = start(volume, args, log)
+    wait_for(ckpts / "checkpoint-1" / MANIFEST, proc, log)
+    proc.kill()  # SIGKILL: possibly in the middle of writing checkpoint-2
+    assert proc.wait() == -signal.SIGKILL
+    assert not (volume / "tiny/grpo/adapter").exists()
+    resume = last_checkpoint(ckpts)
+    assert resume is not None
+
+    with caplog.at_level(logging.INFO):
+        assert run("grpo", args) == 0
+    assert f"resuming from {resume}" in caplog.text
+    assert final_step(volume) == 3
+    assert shapes(volume / "tiny/grpo/adapter") == shapes(sft_adapter)
+    # The resumed run carried the trainer state over: its history starts at step 1, not at the resume step.
+    state = json.loads((ckpts / "checkpoint-3/trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+    # keep_checkpoints (default 2): the two newest remain, both verified.
+    assert [p.name for p in checkpoints(ckpts)] == ["checkpoint-2", "checkpoint-3"]
+    assert all(verify_checkpoint(p) is None for p in checkpoints(ckpts))
+
+
+@pytest.mark.slow
+def test_sigterm_mid_step_saves_that_step_exits_143_and_resumes(
+    volume: Path, grpo_args: list[str], sft_adapter: Path, tmp_path: Path
+) -> None:
+    args = [*grpo_args, "grpo.max_steps=4", "grpo.save_steps=2"]
+    ckpts = volume / "tiny/grpo/checkpoints"
+    log = tmp_path / "grpo.log"
+    proc = start(volume, args, log)
+    wait_for(ckpts / "checkpoint-2" / MANIFEST, proc, log)
+    proc.send_signal(signal.SIGTERM)  # during step 3
+    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+
+    last = log.read_text().rsplit("error: ", 1)[1]
+    assert last == (
+        f"grpo stopped by SIGTERM after step 3/4; checkpoint saved in {ckpts / 'checkpoint-3'}. "
+        "Run the same command again to resume from it.\n"
+    )
+    # save_steps=2 would not save step 3: the signal did, completely.
+    assert verify_checkpoint(ckpts / "checkpoint-3") is None
+    assert not (volume / "tiny/grpo/adapter").exists()
+
+    assert run("grpo", args) == 0
+    assert final_step(volume) == 4
+    assert shapes(volume / "tiny/grpo/adapter") == shapes(sft_adapter)
+
+
+@pytest.mark.slow
+def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(
+    volume: Path, grpo_args: list[str], caplog: pytest.LogCaptureFixture
+) -> None:
+    args = [*grpo_args, "grpo.max_steps=2", "grpo.save_steps=1"]
+    ckpts = volume / "tiny/grpo/checkpoints"
+    assert run("grpo", args) == 0
+    weights = ckpts / "checkpoint-2/adapter_model.safetensors"
+    size = weights.stat().st_size
+    with weights.open("r+b") as f:  # a write cut short (full disk, killed VM)
+        f.truncate(size // 2)
+
+    with caplog.at_level(logging.INFO):
+        assert run("grpo", args) == 0
+    assert (
+        f"skipping checkpoint {ckpts / 'checkpoint-2'}: adapter_model.safetensors has {size // 2} bytes" in caplog.text
+    )
+    assert f"resuming from {ckpts / 'checkpoint-1'}" in caplog.text
+    assert final_step(volume) == 2
+    # Step 2 was trained again and its checkpoint written whole.
+    assert verify_checkpoint(ckpts / "checkpoint-2") is None and weights.stat().st_size == size
+
+
+def fake_checkpoint(root: Path, step: int, manifest: bool = True) -> Path:
+    folder = root / f"checkpoint-{step}"
+    folder.mkdir(parents=True)
+    (folder / "optimizer.pt").write_bytes(bytes(range(256)) * step)
+    (folder / "trainer_state.json").write_text(f'{{"global_step": {step}}}')
+    if manifest:
+        write_manifest(folder, step)
+    return folder
+
+
+def test_verify_names_what_is_wrong(tmp_path: Path) -> None:
+    good = fake_checkpoint(tmp_path, 1)
+    assert verify_checkpoint(good) is None
+    assert verify_checkpoint(fake_checkpoint(tmp_path, 2, manifest=False)) == "no manifest (its save did not finish)"
+    flipped = fake_checkpoint(tmp_path, 3)
+    data = bytearray((flipped / "optimizer.pt").read_bytes())
+    data[7] ^= 1  # same size, one bit off
+    (flipped / "optimizer.pt").write_bytes(bytes(data))
+    assert verify_checkpoint(flipped) == "optimizer.pt does not match its sha256"
+    (fake_checkpoint(tmp_path, 4) / "trainer_state.json").unlink()
+    assert verify_checkpoint(tmp_path / "checkpoint-4") == "trainer_state.json is missing"
+    renamed = tmp_path / "checkpoint-5"
+    good.rename(renamed)
+    assert verify_checkpoint(renamed) == "the manifest is for step 1"
+    assert last_checkpoint(tmp_path) is None and last_checkpoint(tmp_path / "absent") is None
+
+
+def test_rotate_keeps_the_newest_verified_and_never_a_newer_one(tmp_path: Path) -> None:
+    for step in (1, 2):
+        fake_checkpoint(tmp_path, step)
+    fake_checkpoint(tmp_path, 3, manifest=False)  # cut short by a kill
+    newest = fake_checkpoint(tmp_path, 4)
+    fake_checkpoint(tmp_path, 5, manifest=False)  # being written by the next save
+    rotate(tmp_path, newest, keep=2)
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-2", "checkpoint-4", "checkpoint-5"]
+    rotate(tmp_path, newest, keep=1)
+    assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-5"]
+    assert last_checkpoint(tmp_path) == newest
