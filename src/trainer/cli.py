@@ -9,6 +9,7 @@ import sys
 import time
 
 from trainer.config import RunConfig, load_config
+from trainer.distributed import log_level
 from trainer.errors import UserError
 
 STAGES = ("sft", "grpo", "eval", "infer", "export", "demo")
@@ -28,8 +29,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def run_stage(stage: str, cfg: RunConfig) -> object:
     import importlib
 
+    # Imported here, not at the top: it imports transformers, which Unsloth must patch first (main).
+    from trainer.resilience import stage_guard
+
     module = {"eval": "evaluate"}.get(stage, stage)
-    return importlib.import_module(f"trainer.{module}").main(cfg)
+    with stage_guard(cfg, stage):  # the run lock; out of memory / disk full as one line
+        return importlib.import_module(f"trainer.{module}").main(cfg)
 
 
 def demo(cfg: RunConfig) -> None:
@@ -51,7 +56,7 @@ def demo(cfg: RunConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     try:
         from dotenv import load_dotenv
 
@@ -59,6 +64,10 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_config(args.config, args.overrides)
         if args.prompt is not None:  # taken as-is, not parsed as YAML like --set values
             cfg.infer.prompt = args.prompt
+        if cfg.backend == "unsloth":
+            from trainer.unsloth_backend import activate
+
+            activate()  # before any stage imports transformers / TRL / PEFT: Unsloth patches them
         if args.stage == "demo":
             demo(cfg)
         else:

@@ -95,6 +95,9 @@ class SFTConfig:
     lr_scheduler_type: str = _f("linear", "Learning-rate schedule.")
     logging_steps: int = _f(1, "Log every N steps.")
     save_steps: int = _f(500, "Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = _f(
+        2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1."
+    )
 
 
 @dataclass
@@ -113,10 +116,15 @@ class GRPOConfig:
     optim: str = _f("adamw_8bit", "Optimizer name (transformers).")
     max_steps: int = _f(100, "Optimizer steps.")
     save_steps: int = _f(100, "Write a resumable checkpoint every N steps.")
+    keep_checkpoints: int = _f(
+        2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1."
+    )
     logging_steps: int = _f(1, "Log every N steps.")
     num_generations: int = _f(4, "Completions sampled per prompt (the GRPO group).")
     per_device_train_batch_size: int = _f(
-        4, "Completions per device per micro-batch; must be a multiple of num_generations."
+        4,
+        "Completions per device per micro-batch. per_device_train_batch_size x processes x "
+        "gradient_accumulation_steps must be a multiple of num_generations (checked at start).",
     )
     gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
     temperature: float = _f(1.0, "Sampling temperature of rollouts.")
@@ -137,9 +145,16 @@ class GRPOConfig:
     )
     beta: float = _f(0.0, "KL coefficient; 0 loads no reference model.")
     epsilon: float = _f(0.2, "PPO clip range.")
+    epsilon_high: float | None = _f(
+        None,
+        "Upper clip range; default: epsilon. Always passed to the trainer, because Unsloth sets 0.28 "
+        "(the DAPO paper's) for loss_type dapo when it is left unset.",
+    )
     scale_rewards: Literal["group", "batch", "none"] = _f("group", "Advantage scaling.")
     mask_truncated_completions: bool = _f(
-        False, "Exclude completions cut at max_completion_length from the loss."
+        False,
+        "Exclude completions cut at max_completion_length from the loss. Always passed to the trainer, "
+        "because Unsloth sets true for loss_type dapo when it is left unset.",
     )
     reward_set: Literal["default", "seed"] = _f(
         "default", "'seed': the reference recipe's rewards as they are; 'default': the same with defects fixed."
@@ -152,9 +167,28 @@ class GRPOConfig:
     reward_error_score: float = _f(
         -5.0, "Score of a completion on which a reward function raised (the run goes on)."
     )
-    use_vllm: bool = _f(False, "Generate rollouts with vLLM (needs vllm; GPU image only).")
+    use_vllm: bool = _f(
+        False, "Generate rollouts with vLLM where it imports (the GPU image); the model's generate otherwise."
+    )
+    vllm_importance_sampling_correction: bool = _f(
+        False,
+        "Correct for the gap between vLLM's and the trainer's token probabilities (TRL's default is on, "
+        "Unsloth's off; off is what the reference recipe ran).",
+    )
     vllm_mode: Literal["colocate", "server"] = _f("colocate", "vLLM in the trainer process, or a trl vllm-serve server.")
     vllm_gpu_memory_utilization: float = _f(0.9, "Share of GPU memory vLLM may take (colocate).")
+    vllm_server_host: str = _f(
+        "0.0.0.0",
+        "Host of the `trl vllm-serve` server (vllm_mode: server); 'vllm' is the compose service "
+        "(docs/scaling.md).",
+    )
+    vllm_server_port: int = _f(8000, "Port of the `trl vllm-serve` server (vllm_mode: server).")
+    rollout_engine: Literal["trl", "fast"] = _f(
+        "fast",
+        "Rollouts when vLLM is off, on backend hf: 'fast' decodes with trainer.rollout (static KV cache, "
+        "one CUDA-graph decode step per token; same tokens as generate under greedy decoding; "
+        "docs/benchmarks.md); 'trl': TRL's call of the model's generate. Backend unsloth uses its own.",
+    )
     log_completions: bool = _f(True, "Log a table of sample completions.")
 
 
@@ -227,11 +261,10 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         g = self.grpo
-        if g.per_device_train_batch_size % g.num_generations:
-            raise ConfigError(
-                f"grpo.per_device_train_batch_size ({g.per_device_train_batch_size}) must be a multiple of "
-                f"grpo.num_generations ({g.num_generations}); set it to {g.num_generations}."
-            )
+        for stage in ("sft", "grpo"):
+            if getattr(self, stage).keep_checkpoints < 1:
+                raise ConfigError(f"{stage}.keep_checkpoints must be at least 1 (the checkpoint a resume starts from).")
+        # The batch against num_generations depends on the process count: distributed.check_batch_geometry.
         if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
             raise ConfigError(
                 f"grpo.reward_weights has {len(g.reward_weights)} values for {len(g.rewards)} grpo.rewards; "

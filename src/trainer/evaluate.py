@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer import models
+from trainer import distributed, models
 from trainer.config import RunConfig
 from trainer.data import eval_problems
 from trainer.errors import UserError
@@ -85,10 +85,13 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                     )
             results.append({"dataset": ds_name, "model": name, **metrics(greedy, sampled, answers, tokenizer.eos_token)})
             log.info("%s", results[-1])
+    report = {"results": results, "adapters": {k: str(v) for k, v in adapters.items()}}
+    # Launched on several processes (make demo under accelerate), each evaluates alike; one writes.
+    if not distributed.is_main_process():
+        return report
     out = stage_dir(cfg, "eval")
     out.mkdir(parents=True, exist_ok=True)
     table = markdown_table(results)
-    report = {"results": results, "adapters": {k: str(v) for k, v in adapters.items()}}
     for path, text in ((out / "report.json", json.dumps(report, indent=2)), (out / "report.md", table)):
         tmp = path.with_name(path.name + ".tmp")
         tmp.write_text(text + "\n")

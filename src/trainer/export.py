@@ -49,6 +49,12 @@ def main(cfg: RunConfig) -> dict[str, str]:
 def _save_merged(cfg: RunConfig, adapter: Path, dest: Path) -> None:
     import torch
 
+    if cfg.backend == "unsloth":
+        from trainer import unsloth_backend
+
+        # Unsloth's merge also dequantizes a 4-bit (QLoRA) base to 16 bit first.
+        unsloth_backend.save_merged(cfg, adapter, dest)
+        return
     model, tokenizer = models.inference_model(cfg, {"export": adapter})
     merged = model.merge_and_unload()
     # 16 bit: bfloat16 keeps the range of the float32 training weights.

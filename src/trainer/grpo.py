@@ -8,10 +8,19 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+from trainer import distributed
 from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
-from trainer.training import check_backend, common_args, finish, last_checkpoint, training_model
+from trainer.training import (
+    check_backend,
+    common_args,
+    finish,
+    report_overrides,
+    train,
+    training_model,
+    use_vllm,
+)
 from trainer.volume import find_adapter, stage_dir
 
 log = logging.getLogger(__name__)
@@ -29,16 +38,19 @@ def start_adapter(cfg: RunConfig) -> Path:
 
 def main(cfg: RunConfig) -> Path:
     check_backend(cfg, cfg.grpo.optim)
+    distributed.check_batch_geometry(cfg, distributed.num_processes())
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
+    from trainer.fast_grpo import trainer_class
     from trainer.report import plot_rewards
     from trainer.rewards import build_reward_funcs
 
     g = cfg.grpo
     start = start_adapter(cfg)
     log.info("GRPO starts from the adapter %s", start)
-    model, tokenizer = training_model(cfg, start_adapter=start)
+    vllm = use_vllm(cfg)
+    model, tokenizer = training_model(cfg, start_adapter=start, fast_inference=vllm)
     rows, cut = grpo_prompts(g.dataset, tokenizer, g.prompt_length_quantile)
     max_prompt = g.max_prompt_length or cut + 1
     max_completion = g.max_completion_length or cfg.model.max_seq_length - max_prompt
@@ -47,7 +59,7 @@ def main(cfg: RunConfig) -> Path:
             f"no room for completions: max_seq_length {cfg.model.max_seq_length} - prompt length {max_prompt}; "
             "raise model.max_seq_length or set grpo.max_completion_length."
         )
-    args = GRPOConfig(
+    requested = dict(
         **common_args(cfg, "grpo", g),
         warmup_steps=g.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
         num_generations=g.num_generations,
@@ -59,26 +71,34 @@ def main(cfg: RunConfig) -> Path:
         loss_type=g.loss_type,
         beta=g.beta,
         epsilon=g.epsilon,
+        epsilon_high=g.epsilon if g.epsilon_high is None else g.epsilon_high,
         scale_rewards=g.scale_rewards,
         mask_truncated_completions=g.mask_truncated_completions,
         reward_weights=g.reward_weights,
-        use_vllm=g.use_vllm,
+        use_vllm=vllm,
+        vllm_importance_sampling_correction=g.vllm_importance_sampling_correction,
         vllm_mode=g.vllm_mode,
         vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
+        vllm_server_host=g.vllm_server_host,
+        vllm_server_port=g.vllm_server_port,
         log_completions=g.log_completions,
     )
+    args = GRPOConfig(**requested)
     reward_funcs = build_reward_funcs(g.reward_set, g.rewards, tokenizer.eos_token, g.reward_error_score)
-    trainer = GRPOTrainer(
+    trainer = trainer_class(cfg, GRPOTrainer)(
         model=model,
         reward_funcs=reward_funcs,
         args=args,
         train_dataset=datasets.Dataset.from_list(rows),
         processing_class=tokenizer,
     )
-    trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    log.info("GRPO trainer: %s.%s", type(trainer).__module__, type(trainer).__name__)
+    report_overrides(trainer.args, requested)
+    train(trainer, cfg, "grpo")
     adapter = finish(
         cfg, "grpo", trainer, tokenizer,
         start_adapter=str(start), max_prompt_length=max_prompt, max_completion_length=max_completion,
     )
-    plot_rewards(trainer.state.log_history, adapter.parent / "rewards.png")
+    if distributed.is_main_process():
+        plot_rewards(trainer.state.log_history, adapter.parent / "rewards.png")
     return adapter

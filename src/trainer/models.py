@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.config import LoraConfig, ModelConfig, RunConfig
+from trainer.distributed import device_map, main_process_first
 from trainer.errors import UserError
 from trainer.format import apply_format
 
@@ -28,7 +29,9 @@ def resolve_model_path(cfg: ModelConfig, seed: int = 0) -> str:
     if cfg.init == "tiny":
         from trainer.tiny import ensure_tiny_model
 
-        return str(ensure_tiny_model(cfg.name, seed))
+        # Under several processes one builds it and the others load that copy, instead of racing.
+        with main_process_first():
+            return str(ensure_tiny_model(cfg.name, seed))
     return cfg.name
 
 
@@ -48,7 +51,6 @@ def load_tokenizer(cfg: RunConfig, source: str | None = None) -> Any:
 
 
 def load_base_model(cfg: RunConfig, tokenizer: Any) -> Any:
-    import torch
     from transformers import AutoModelForCausalLM
 
     name = resolve_model_path(cfg.model, cfg.seed)
@@ -58,7 +60,7 @@ def load_base_model(cfg: RunConfig, tokenizer: Any) -> Any:
             revision=cfg.model.revision,
             dtype=torch_dtype(cfg.model),
             trust_remote_code=cfg.model.trust_remote_code,
-            device_map={"": torch.cuda.current_device()} if torch.cuda.is_available() else None,
+            device_map=device_map(),
         )
     except OSError as e:
         raise UserError(f"could not load the model '{name}': {e}") from None
@@ -101,7 +103,11 @@ def inference_model(cfg: RunConfig, adapters: dict[str, Path]) -> tuple[Any, Any
 
         return unsloth_backend.inference_model(cfg, adapters)
     tokenizer = load_tokenizer(cfg)
-    model = load_base_model(cfg, tokenizer)
+    return load_adapters(load_base_model(cfg, tokenizer), adapters), tokenizer
+
+
+def load_adapters(model: Any, adapters: dict[str, Path]) -> Any:
+    """`model` with each adapter loaded under its name (the first one active); `model` itself if none."""
     for i, (name, path) in enumerate(adapters.items()):
         if i == 0:
             from peft import PeftModel
@@ -109,7 +115,7 @@ def inference_model(cfg: RunConfig, adapters: dict[str, Path]) -> tuple[Any, Any
             model = PeftModel.from_pretrained(model, str(path), adapter_name=name)
         else:
             model.load_adapter(str(path), adapter_name=name)
-    return model, tokenizer
+    return model
 
 
 def use_adapter(model: Any, name: str | None) -> Any:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainer.config import RunConfig
 from trainer.data import sft_texts
-from trainer.training import check_backend, common_args, finish, last_checkpoint, training_model
+from trainer.training import check_backend, common_args, finish, train, training_model
 
 log = logging.getLogger(__name__)
 
@@ -35,5 +35,5 @@ def main(cfg: RunConfig) -> Path:
         train_dataset=datasets.Dataset.from_dict({"text": texts}),
         processing_class=tokenizer,
     )
-    trainer.train(resume_from_checkpoint=last_checkpoint(args))
+    train(trainer, cfg, "sft")
     return finish(cfg, "sft", trainer, tokenizer, rows=len(texts))

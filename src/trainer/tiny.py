@@ -18,6 +18,9 @@ from trainer.format import CHAT_TEMPLATE, SYSTEM_PROMPT, TAGS
 log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
+# Its own pad token, as Qwen3's tokenizer has (<|vision_pad|>): Unsloth refuses a pad that is the
+# EOS where the embedding has no spare row for a pad of its own.
+PAD = "<|pad|>"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 
 
@@ -38,12 +41,12 @@ def build_tokenizer(vocab_size: int = 1024):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS],
+        special_tokens=[EOS, PAD],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=EOS)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
     # The tags are ordinary tokens (not special): decoding with skip_special_tokens keeps them.
     fast.add_tokens(TAGS)
     fast.chat_template = CHAT_TEMPLATE

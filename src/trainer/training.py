@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer import models
+from trainer import distributed, models, resilience
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.volume import save_adapter, stage_dir, write_run_record
@@ -25,18 +25,28 @@ def check_backend(cfg: RunConfig, optim: str) -> None:
             "backend: unsloth needs a CUDA GPU and none is visible; use --set backend=hf to train on CPU, "
             "or run in the container on a GPU machine."
         )
+    if cfg.backend == "unsloth" and distributed.num_processes() > 1:
+        raise UserError(
+            "backend: unsloth trains on one GPU; several processes (GPUS / NNODES, accelerate launch) "
+            "need --set backend=hf (docs/scaling.md)."
+        )
     if "8bit" in optim and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError(
             f"optim: {optim} needs bitsandbytes (GPU image only); use --set <stage>.optim=adamw_torch here."
         )
 
 
-def training_model(cfg: RunConfig, start_adapter: Path | None) -> tuple[Any, Any]:
-    """(model with a trainable LoRA adapter, tokenizer). A new adapter, or `start_adapter` resumed."""
+def training_model(cfg: RunConfig, start_adapter: Path | None, fast_inference: bool = False) -> tuple[Any, Any]:
+    """(model with a trainable LoRA adapter, tokenizer). A new adapter, or `start_adapter` resumed.
+    `fast_inference`: GRPO rolls out with vLLM, which Unsloth starts beside the model (TRL does it on hf)."""
+    from transformers import set_seed
+
+    # The Trainer seeds only once it exists; without this the LoRA init (and so a run) differed per process.
+    set_seed(cfg.seed)
     if cfg.backend == "unsloth":
         from trainer import unsloth_backend
 
-        return unsloth_backend.training_model(cfg, start_adapter)
+        return unsloth_backend.training_model(cfg, start_adapter, fast_inference=fast_inference)
     tokenizer = models.load_tokenizer(cfg)
     model = models.load_base_model(cfg, tokenizer)
     if start_adapter is None:
@@ -47,6 +57,47 @@ def training_model(cfg: RunConfig, start_adapter: Path | None) -> tuple[Any, Any
         # Non-reentrant checkpointing works with frozen inputs (LoRA), no enable_input_require_grads hack.
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     return model, tokenizer
+
+
+def use_vllm(cfg: RunConfig) -> bool:
+    """Whether GRPO rolls out with vLLM: grpo.use_vllm asks for it, and vLLM imports here (the GPU
+    image); otherwise the model's own generate (Unsloth's on the unsloth backend). Logged either way."""
+    from trainer.unsloth_backend import vllm_imports
+
+    if not cfg.grpo.use_vllm:
+        log.info("GRPO rollouts: the model's generate (grpo.use_vllm is false)")
+        return False
+    if not vllm_imports():
+        log.warning("GRPO rollouts: grpo.use_vllm is true but vllm does not import here; using the model's generate")
+        return False
+    log.info("GRPO rollouts: vLLM (%s)", cfg.grpo.vllm_mode)
+    return True
+
+
+def report_overrides(args: Any, requested: dict[str, Any]) -> list[str]:
+    """Warn about each setting the trainer ended up with that differs from what the recipe passed.
+
+    Unsloth's patched TRL configs and trainers rewrite some values (batch size, clipping, masking,
+    top_k); the recipe states them, so a change here is something to look at, never silent."""
+    changed = []
+    for key, want in requested.items():
+        have = getattr(args, key, want)
+        if _setting(key, have) != _setting(key, want):
+            changed.append(f"{key} {want!r} -> {have!r}")
+    if changed:
+        log.warning("the trainer changed settings the recipe set: %s", "; ".join(changed))
+    return changed
+
+
+def _setting(key: str, value: Any) -> Any:
+    """`value` as the trainer means it: transformers turns names into str enums and "none" into [];
+    vLLM spells top_k "off" as -1 where transformers says 0."""
+    value = getattr(value, "value", value)
+    if key == "report_to" and value in ("none", ["none"]):
+        return []
+    if key == "top_k" and value == -1:
+        return 0
+    return value
 
 
 def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
@@ -66,7 +117,10 @@ def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         logging_steps=s.logging_steps,
         save_steps=s.save_steps,
-        save_total_limit=2,
+        # Off: resilience.CheckpointManifest rotates (keep_checkpoints) only once the newest one is verified.
+        save_total_limit=None,
+        # Log a NaN loss as NaN (not the running mean), so resilience.NonFiniteGuard sees it.
+        logging_nan_inf_filter=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
         report_to=list(cfg.report_to) or "none",
@@ -75,22 +129,68 @@ def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
         # The model already carries checkpointing set up for LoRA (training_model).
         gradient_checkpointing=False,
         save_only_model=False,
+        # DDP: every LoRA weight takes part in each forward pass, so skip the search for unused ones
+        # (transformers turns it on for a PeftModel, costing a graph traversal per step).
+        ddp_find_unused_parameters=False,
     )
 
 
 def last_checkpoint(args: Any) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
+    """The newest checkpoint whose manifest verifies (resilience.last_checkpoint), or None."""
     path = Path(args.output_dir)
-    found = get_last_checkpoint(str(path)) if path.is_dir() else None
+    # The main process picks, so that every process resumes from the same checkpoint.
+    found = distributed.from_main_process(lambda: resilience.last_checkpoint(path))
     if found:
         log.info("resuming from %s", found)
-    return found
+    return str(found) if found else None
+
+
+def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
+    """`trainer.train()` that survives preemption and crashes: resumes from the newest verified
+    checkpoint, writes each checkpoint's manifest, stops cleanly on SIGTERM / SIGINT (raising
+    resilience.Interrupted once the checkpoint is saved) and on non-finite gradients."""
+    out = Path(trainer.args.output_dir)
+    stop = resilience.StopOnSignal()
+    keep = getattr(cfg, stage).keep_checkpoints
+    for callback in (stop, resilience.CheckpointManifest(keep), resilience.NonFiniteGuard(stage)):
+        trainer.add_callback(callback)
+    resume = last_checkpoint(trainer.args)
+    if distributed.is_main_process():
+        resilience.remove_newer(out, Path(resume) if resume else None)
+    try:
+        with stop.installed():
+            trainer.train(resume_from_checkpoint=resume)
+    finally:
+        # On an exception transformers leaves its progress bar open, and it would redraw after the
+        # CLI's one-line error; closed here, the error gets a line of its own.
+        for callback in trainer.callback_handler.callbacks:
+            if getattr(callback, "training_bar", None) is not None:
+                callback.training_bar.close()
+                callback.training_bar = None
+    stop.raise_if_stopped(trainer.state, out, stage)
+
+
+def full_state_dict(trainer: Any) -> dict[str, Any] | None:
+    """The whole model's weights where ZeRO-3 / FSDP shard them across processes, else None (the model
+    holds them). Every process must call it: gathering the shards is a collective."""
+    if trainer.is_fsdp_enabled:
+        return trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_deepspeed_enabled:
+        return trainer.accelerator.get_state_dict(trainer.deepspeed)
+    return None
 
 
 def finish(cfg: RunConfig, stage: str, trainer: Any, tokenizer: Any, **extra: Any) -> Path:
-    """Save the adapter atomically and the run record beside it; return the adapter path."""
-    adapter = save_adapter(trainer.model, tokenizer, stage_dir(cfg, stage) / "adapter")
-    write_run_record(cfg, stage, adapter=str(adapter), global_step=trainer.state.global_step, **extra)
-    log.info("%s adapter written to %s", stage, adapter)
+    """Save the adapter atomically and the run record beside it, from the main process only; return
+    the adapter path (on every process, once it is written)."""
+    state_dict = full_state_dict(trainer)
+    adapter = stage_dir(cfg, stage) / "adapter"
+    if distributed.is_main_process():
+        save_adapter(trainer.model, tokenizer, adapter, state_dict=state_dict)
+        write_run_record(
+            cfg, stage, adapter=str(adapter), global_step=trainer.state.global_step,
+            num_processes=distributed.num_processes(), **extra,
+        )
+        log.info("%s adapter written to %s", stage, adapter)
+    distributed.wait_for_everyone()
     return adapter

@@ -68,11 +68,12 @@ def write_atomic(dest: Path, write: Callable[[Path], None]) -> Path:
     return dest
 
 
-def save_adapter(model: Any, tokenizer: Any, dest: Path) -> Path:
-    """Save a PEFT adapter and its tokenizer atomically."""
+def save_adapter(model: Any, tokenizer: Any, dest: Path, state_dict: dict[str, Any] | None = None) -> Path:
+    """Save a PEFT adapter and its tokenizer atomically. `state_dict`: the gathered weights of a
+    model sharded across processes (ZeRO-3, FSDP); PEFT keeps the adapter's part of it."""
 
     def write(tmp: Path) -> None:
-        model.save_pretrained(str(tmp))
+        model.save_pretrained(str(tmp), state_dict=state_dict)
         tokenizer.save_pretrained(str(tmp))
 
     return write_atomic(dest, write)

@@ -1,0 +1,124 @@
+"""Several processes (GPUs, nodes) under `accelerate launch`: who writes, who waits, what must agree.
+
+The training loop's distribution is accelerate's and TRL's (DDP, DeepSpeed ZeRO, FSDP); this module
+only keeps the stages' own side effects (the volume, the run record, plots, reports) to one copy:
+
+    accelerate launch --config_file configs/accelerate/ddp.yaml --num_processes 8 -m trainer grpo ...
+
+A single `python -m trainer` is one process: every helper here is then a no-op.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+from collections.abc import Callable, Iterator
+from typing import Any, TypeVar
+
+from trainer.config import RunConfig
+from trainer.errors import ConfigError, UserError
+
+T = TypeVar("T")
+
+
+def _state() -> Any:
+    """accelerate's process state, set up as `TrainingArguments` sets it up, so both see one process group.
+
+    `accelerate launch --cpu` (and the CPU test) exports ACCELERATE_USE_CPU; without it, processes on a
+    machine with no GPU would each believe they run alone.
+    """
+    from accelerate import PartialState
+    from accelerate.utils import parse_flag_from_env
+
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    launched = int(os.environ.get("WORLD_SIZE", "1"))
+    if state.num_processes != launched:
+        # N copies of one run writing the same volume: stop before any of them does.
+        raise UserError(
+            f"launched as {launched} processes, but they did not join one process group (no GPU visible?); "
+            "on CPUs set ACCELERATE_USE_CPU=true (docs/scaling.md)."
+        )
+    return state
+
+
+def num_processes() -> int:
+    return _state().num_processes
+
+
+def is_main_process() -> bool:
+    """True on the one process (of all nodes) that writes to the volume and logs."""
+    return _state().is_main_process
+
+
+def wait_for_everyone() -> None:
+    _state().wait_for_everyone()
+
+
+@contextlib.contextmanager
+def main_process_first() -> Iterator[None]:
+    """The main process runs the block first (e.g. builds a file), the others after it (and find it built)."""
+    with _state().main_process_first():
+        yield
+
+
+def from_main_process(fn: Callable[[], T]) -> T:
+    """`fn()` evaluated on the main process and handed to all, so that every process acts on the same
+    answer (the checkpoint to resume from) even if the volume changes while they look."""
+    state = _state()
+    if state.num_processes == 1:
+        return fn()
+    from accelerate.utils import broadcast_object_list
+
+    box = [fn() if state.is_main_process else None]
+    broadcast_object_list(box, from_process=0)
+    return box[0]
+
+
+def device_map() -> dict[str, int] | None:
+    """Where `from_pretrained` puts the base model: this process's own GPU (one process, DDP, ZeRO-1/2),
+    or None where there is no GPU or the trainer shards the model itself (ZeRO-3, FSDP: accelerate
+    places the shards; a device_map would load a whole copy per GPU first, or clash with FSDP's loading)."""
+    import torch
+
+    sharded = (
+        os.environ.get("ACCELERATE_USE_FSDP") == "true" or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
+    )
+    if not torch.cuda.is_available() or sharded:
+        return None
+    return {"": _state().local_process_index}
+
+
+def log_level() -> int:
+    """INFO on the main process, WARNING on the others: each line once, not once per GPU.
+
+    Read from the launcher's RANK (torchrun, accelerate launch) because logging is set up before the
+    process group exists."""
+    return logging.INFO if os.environ.get("RANK", "0") == "0" else logging.WARNING
+
+
+def check_batch_geometry(cfg: RunConfig, processes: int) -> None:
+    """Fail before any model loads when GRPO's batch cannot hold whole prompt groups on `processes`.
+
+    TRL generates `per_device_train_batch_size * processes * steps_per_generation` completions per
+    generation round (steps_per_generation defaults to gradient_accumulation_steps), and splits them
+    into groups of num_generations completions of one prompt; a remainder would be a broken group.
+    """
+    g = cfg.grpo
+    if g.num_generations < 2:
+        raise ConfigError(
+            f"grpo.num_generations is {g.num_generations}; GRPO compares completions of one prompt, set it to 2 or more."
+        )
+    rounds = processes * g.gradient_accumulation_steps
+    batch = g.per_device_train_batch_size * rounds
+    if batch % g.num_generations == 0:
+        return
+    step = g.num_generations // math.gcd(g.num_generations, rounds)
+    valid = step * math.ceil(g.per_device_train_batch_size / step)
+    raise ConfigError(
+        f"grpo.per_device_train_batch_size ({g.per_device_train_batch_size}) x {processes} process(es) x "
+        f"grpo.gradient_accumulation_steps ({g.gradient_accumulation_steps}) = {batch} completions per generation "
+        f"round, not a multiple of grpo.num_generations ({g.num_generations}), so TRL cannot form whole prompt "
+        f"groups; set grpo.per_device_train_batch_size={valid} (or change grpo.num_generations or the process count)."
+    )

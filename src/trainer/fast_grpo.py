@@ -1,0 +1,140 @@
+"""TRL's GRPOTrainer with rollouts from `trainer.rollout` (config: `grpo.rollout_engine: fast`).
+
+Two things change. `_generate_single_turn`, where TRL calls `model.generate` on its plain
+transformers path, samples with the engine instead; where the engine does not apply (vLLM, TRL's
+paged generation, images, repetition penalty or extra generation kwargs, DeepSpeed / FSDP
+sharding, a model the engine does not support), the call goes to TRL unchanged and the reason is
+logged once. And the training step runs PEFT's LoRA layers through `lean_lora` (below), the same
+sum without PEFT's float32 round trip. Tokenisation, rewards, advantages and the loss stay TRL's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import types
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from trl import GRPOTrainer
+from trl.extras.profiling import profiling_context
+
+from trainer.config import RunConfig
+from trainer.rollout import RolloutEngine, Sampling, unsupported_reason
+
+log = logging.getLogger(__name__)
+
+
+class FastGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose rollouts come from a CUDA-graph decode loop over the live LoRA model."""
+
+    _rollout_engine: RolloutEngine | None = None
+    _rollout_fallback: str | None = None
+    lean_lora = True  # run the training step's LoRA layers through lean_lora
+
+    def training_step(self, model, inputs, num_items_in_batch):  # noqa: ANN001, ANN201
+        with lean_lora(self.model) if self.lean_lora else contextlib.nullcontext():
+            return super().training_step(model, inputs, num_items_in_batch)
+
+    def fast_rollout_reason(self) -> str | None:
+        """Why this trainer's rollouts go through TRL's own generation (None: they use the engine)."""
+        if self.use_vllm:
+            return "grpo.use_vllm is on (vLLM generates)"
+        if self.use_transformers_continuous_batching:
+            return "TRL's paged (continuous-batching) generation is on"
+        if self.repetition_penalty != 1.0 or self.args.generation_kwargs:
+            return "repetition_penalty or generation_kwargs are set"
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return "the model is sharded (DeepSpeed / FSDP)"
+        return unsupported_reason(self.accelerator.unwrap_model(self.model_wrapped))
+
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):  # noqa: ANN001
+        reason = self.fast_rollout_reason() if self._rollout_engine is None else None
+        if reason is None and (images is not None or multimodal_fields):
+            reason = "the prompts carry images"
+        if reason is not None:
+            if reason != self._rollout_fallback:
+                level = logging.INFO if self.use_vllm else logging.WARNING
+                log.log(level, "fast rollouts off, TRL generates: %s", reason)
+                self._rollout_fallback = reason
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+        sampling = Sampling(
+            do_sample=True,
+            temperature=self.temperature,
+            top_k=self.top_k or 0,
+            top_p=1.0 if self.top_p is None else self.top_p,
+            min_p=self.min_p,
+        )
+        with profiling_context(self, "fast_rollout.generate"):
+            rollout = self._engine().generate(prompt_ids, self.max_completion_length, sampling)
+        # Like TRL's transformers path: no sampling log-probs, since the sampler is the trained model.
+        return rollout.completion_ids, None
+
+    def _engine(self) -> RolloutEngine:
+        if self._rollout_engine is None:
+            tok = self._tokenizer
+            eos = tok.eos_token_id
+            self._rollout_engine = RolloutEngine(
+                self.accelerator.unwrap_model(self.model_wrapped),
+                eos_token_ids=list(eos) if isinstance(eos, (list, tuple)) else [eos],
+                pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
+            )
+        return self._rollout_engine
+
+
+@contextlib.contextmanager
+def lean_lora(model: Any) -> Iterator[None]:
+    """Within this block, PEFT LoRA linears under autocast compute `base(x) + s * B(A(x))` as one
+    `addmm` on the base output, without the float32 copies PEFT makes of every input and output
+    (it casts x to the adapter's float32 dtype, then autocast casts it back for the matmul, and the
+    sum is formed and cast elementwise): on Qwen3-4B with 20k tokens that is gigabytes of traffic
+    per layer and pass. Layers with dropout, variants (DoRA) or without autocast keep PEFT's own
+    forward. The result is the same sum, rounded once instead of three times."""
+    from peft.tuners.lora import Linear as LoraLinear
+
+    patched = [m for m in model.modules() if type(m) is LoraLinear and "forward" not in vars(m)]
+    for m in patched:
+        m.forward = types.MethodType(_lean_lora_forward, m)
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+
+
+def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+    active = [a for a in self.active_adapters if a in self.lora_A]
+    if (
+        args
+        or kwargs
+        or self.disable_adapters
+        or self.merged
+        or not torch.is_autocast_enabled(x.device.type)
+        or any(
+            a in self.lora_variant
+            or self.lora_B[a].bias is not None
+            or not isinstance(self.lora_dropout[a], torch.nn.Identity)
+            for a in active
+        )
+    ):
+        return type(self).forward(self, x, *args, **kwargs)
+    result = self.base_layer(x)
+    flat = result.reshape(-1, result.shape[-1])
+    for a in active:
+        xa = F.linear(x, self.lora_A[a].weight).reshape(-1, self.r[a])
+        flat = torch.addmm(flat, xa, self.lora_B[a].weight.t(), alpha=self.scaling[a])
+    return flat.view(result.shape)
+
+
+def trainer_class(cfg: RunConfig, default: type) -> type:
+    """The GRPO trainer class for the recipe: FastGRPOTrainer where `grpo.rollout_engine` is 'fast'
+    on backend hf, else `default` (TRL's class, or Unsloth's patched one on backend unsloth, whose
+    model and trainer the fast engine has not been measured with)."""
+    if cfg.grpo.rollout_engine != "fast":
+        return default
+    if cfg.backend != "hf":
+        log.info("grpo.rollout_engine: fast applies to backend hf; backend %s generates its own way", cfg.backend)
+        return default
+    return FastGRPOTrainer

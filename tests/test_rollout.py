@@ -1,0 +1,217 @@
+"""The fast rollout engine (trainer.rollout) against transformers' own generate.
+
+CPU: the tiny model in float32 with a LoRA adapter whose B factors are non-zero (PEFT starts them
+at zero, which would hide the LoRA path): identical greedy tokens, log-probabilities to float32
+rounding, EOS handling, and the sampling filters equal to HF's warpers. GPU (marked `gpu`, skipped
+without CUDA): the same with CUDA graphs and torch.compile, plus bf16 log-probabilities against a
+full forward pass, which is what the GRPO loss recomputes.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.rollout import RolloutEngine, Sampling, choose_tokens, filter_logits
+
+TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+PROMPTS = ["What is 12*7?", "Compute 3+4 and explain the steps", "hi", "The answer to 15 - 9 is"]
+
+
+def lora_model(path: Path, dtype: torch.dtype, device: str):
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    model = get_peft_model(model, LoraConfig(r=8, lora_alpha=16, target_modules=TARGETS))
+    gen = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "lora_B" in name:
+                p.copy_(torch.randn(p.shape, generator=gen) * 0.05)
+    return model.eval(), tok
+
+
+def hf_greedy(model, tok, ids: list[list[int]], new: int, eos: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """transformers' generate, greedy, left-padded: (completion tokens, log-probs of each)."""
+    width = max(map(len, ids))
+    inp = torch.full((len(ids), width), tok.pad_token_id)
+    mask = torch.zeros((len(ids), width), dtype=torch.long)
+    for i, x in enumerate(ids):
+        inp[i, width - len(x) :], mask[i, width - len(x) :] = torch.tensor(x), 1
+    dev = model.device
+    out = model.generate(
+        input_ids=inp.to(dev),
+        attention_mask=mask.to(dev),
+        max_new_tokens=new,
+        do_sample=False,
+        output_logits=True,
+        return_dict_in_generate=True,
+        eos_token_id=eos,
+        pad_token_id=tok.pad_token_id,
+    )
+    seq = out.sequences[:, width:].cpu()
+    logps = torch.stack(out.logits, 1).float().log_softmax(-1).cpu().gather(-1, seq[..., None])[..., 0]
+    return seq, logps
+
+
+def check_against_generate(model, tok, new: int, eos: int, **engine_kw) -> None:
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    seq, ref_logps = hf_greedy(model, tok, ids, new, eos)
+    engine = RolloutEngine(model, eos_token_ids=[eos], pad_token_id=tok.pad_token_id, **engine_kw)
+    for _ in range(2):  # the second call reuses the cache (and graphs)
+        out = engine.generate(ids, new, Sampling(do_sample=False))
+        for row, (got, logps) in enumerate(zip(out.completion_ids, out.logprobs, strict=True)):
+            want = seq[row].tolist()
+            if eos in want:  # generate pads after EOS; the engine stops there
+                want = want[: want.index(eos) + 1]
+            assert got == want, f"row {row}"
+            torch.testing.assert_close(torch.tensor(logps), ref_logps[row, : len(got)], atol=1e-4, rtol=0)
+
+
+def test_greedy_tokens_and_logprobs_equal_generate(tiny_model_dir: Path) -> None:
+    torch.manual_seed(0)
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    check_against_generate(model, tok, 24, tok.eos_token_id)
+
+
+def test_eos_ends_a_row_like_generate(tiny_model_dir: Path) -> None:
+    """Declare a token that greedy decoding emits mid-way the EOS: rows must stop exactly there."""
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    seq, _ = hf_greedy(model, tok, ids, 12, tok.eos_token_id)
+    eos = int(seq[0, 5])
+    check_against_generate(model, tok, 12, eos)
+
+
+@pytest.mark.parametrize(
+    "sampling",
+    [
+        Sampling(temperature=0.7),
+        Sampling(top_k=5),
+        Sampling(top_p=0.8),
+        Sampling(min_p=0.1),
+        Sampling(temperature=1.3, top_k=50, top_p=0.9, min_p=0.05),
+    ],
+    ids=["temperature", "top_k", "top_p", "min_p", "all"],
+)
+def test_filters_equal_hf_warpers(tiny_model_dir: Path, sampling: Sampling) -> None:
+    from transformers import AutoModelForCausalLM, GenerationConfig
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    config = GenerationConfig(
+        do_sample=True,
+        temperature=sampling.temperature,
+        top_k=sampling.top_k,
+        top_p=sampling.top_p,
+        min_p=sampling.min_p,
+    )
+    warpers = model._get_logits_processor(generation_config=config, device="cpu")
+    logits = torch.randn(6, 300, generator=torch.Generator().manual_seed(1)) * 3
+    want = warpers(torch.zeros((6, 1), dtype=torch.long), logits.clone())
+    got = filter_logits(logits, sampling)
+    assert torch.equal(got.isinf(), want.isinf())
+    torch.testing.assert_close(got[~got.isinf()], want[~want.isinf()])
+
+
+def test_sampler_draws_from_the_filtered_distribution() -> None:
+    logits = torch.tensor([[2.0, 1.0, 0.5, -1.0, -6.0]]).expand(40_000, -1)
+    sampling = Sampling(min_p=0.05)
+    probs = filter_logits(logits[:1], sampling).softmax(-1)[0]
+    torch.manual_seed(0)
+    token, logp = choose_tokens(logits, sampling, torch.empty_like(logits).exponential_())
+    freq = torch.bincount(token, minlength=5).float() / len(token)
+    assert freq[4] == 0 and probs[4] == 0  # filtered out by min_p
+    torch.testing.assert_close(freq, probs, atol=0.01, rtol=0)
+    torch.testing.assert_close(logp, logits.log_softmax(-1).gather(-1, token[:, None])[:, 0])
+
+
+def test_grpo_trainer_rolls_out_with_the_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
+    import datasets
+    from trl import GRPOConfig
+
+    from trainer.fast_grpo import FastGRPOTrainer
+
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    args = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=8,
+        report_to="none",
+        use_cpu=True,
+    )
+    trainer = FastGRPOTrainer(
+        model=model,
+        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
+        args=args,
+        train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS]),
+        processing_class=tok,
+    )
+    assert trainer.fast_rollout_reason() is None
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    completions, logps = trainer._generate_single_turn(ids, None, {})
+    assert trainer._rollout_engine is not None and logps is None
+    assert len(completions) == 4 and all(0 < len(c) <= 8 for c in completions)
+
+
+def test_lean_lora_equals_peft_under_autocast(tiny_model_dir: Path) -> None:
+    """The training step's lean LoRA forward: the same outputs and adapter gradients as PEFT's."""
+    from trainer.fast_grpo import lean_lora
+
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    ids = torch.tensor([tok("What is 12*7? Compute 3+4 and explain the steps")["input_ids"]])
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(input_ids=ids).logits.float()
+        logits.logsumexp(-1).mean().backward()
+        return logits.detach(), [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]
+
+    want_logits, want_grads = run()
+    with lean_lora(model):
+        assert all("forward" in vars(m) for m in model.modules() if type(m).__name__ == "Linear" and hasattr(m, "r"))
+        got_logits, got_grads = run()
+    assert not any("forward" in vars(m) for m in model.modules())  # restored
+    torch.testing.assert_close(got_logits, want_logits, atol=0.05, rtol=0.02)
+    for got, want in zip(got_grads, want_grads, strict=True):
+        assert (got - want).norm() <= 0.03 * want.norm()
+
+
+# ---------------------------------------------------------------------------------------------
+# GPU: CUDA graphs and torch.compile
+
+
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_graphs_greedy_equal_generate(tiny_model_dir: Path) -> None:
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cuda")
+    check_against_generate(model, tok, 40, tok.eos_token_id, cuda_graphs=True, compile=True)
+
+
+@pytest.mark.gpu
+@gpu
+def test_gpu_bf16_logprobs_match_a_full_forward(tiny_model_dir: Path) -> None:
+    """Sampled rollouts in bf16: each token's log-prob from the graph equals what a full forward
+    pass over prompt + completion (the GRPO loss's recomputation) gives, to bf16 rounding."""
+    model, tok = lora_model(tiny_model_dir, torch.bfloat16, "cuda")
+    ids = [tok(p)["input_ids"] for p in PROMPTS]
+    engine = RolloutEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    torch.manual_seed(0)
+    out = engine.generate(ids, 64, Sampling(temperature=1.0, min_p=0.1))
+    assert engine.graphs, "the decode step ran without CUDA graphs"
+    worst = 0.0
+    for prompt, comp, logps in zip(ids, out.completion_ids, out.logprobs, strict=True):
+        full = torch.tensor([prompt + comp], device="cuda")
+        with torch.no_grad():
+            logits = model(input_ids=full).logits[0, len(prompt) - 1 : -1].float()
+        ref = logits.log_softmax(-1).gather(-1, full[0, len(prompt) :, None])[:, 0].cpu()
+        worst = max(worst, (torch.tensor(logps) - ref).abs().max().item())
+    assert worst < 0.1, worst
