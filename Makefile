@@ -69,8 +69,8 @@ test: setup ## the test suite
 test-gpu: setup ## the GPU tests only (skip without CUDA)
 	$(VPY) -m pytest -q -ra -m gpu
 
-# One CUDA GPU, with the GPU stack (TRL, Unsloth) importable by $(PYTHON); ~10 minutes on an H100.
-# BENCH_ARGS="--only grpo-product,grpo-unsloth --steps 3" picks variants; results: .cache/bench/.
+# One CUDA GPU, with the GPU stack (TRL, Unsloth) importable by $(PYTHON). BENCH_ARGS picks variants
+# and time (e.g. "--only grpo-product,grpo-unsloth --budget 470"); raw results and logs: .cache/bench/.
 BENCH_ARGS ?=
 bench: ## GRPO / SFT speed side by side on one GPU: plain TRL, Unsloth, the product (docs/benchmarks.md)
 	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/bench_grpo.py $(BENCH_ARGS)

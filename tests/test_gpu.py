@@ -36,13 +36,31 @@ def _gpu_ready() -> bool:
 needs_gpu = pytest.mark.skipif(not _gpu_ready(), reason="needs a CUDA GPU and unsloth (the GPU image)")
 
 
-def stage(name: str, overrides: list[str], *extra: str) -> str:
+# A stuck stage fails the test instead of holding the GPU until someone notices.
+STAGE_TIMEOUT_S = 900
+
+
+@pytest.fixture
+def logs(tmp_path: Path) -> Path:
+    """Where each stage writes its output as it runs: $TRAINER_GPU_TEST_LOGS (scripts/gpu-check.sh
+    sets it) or the test's tmp dir, so a slow stage can be read while it runs, or after a kill."""
+    path = Path(os.environ.get("TRAINER_GPU_TEST_LOGS") or tmp_path)
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def stage(name: str, overrides: list[str], logs: Path, *extra: str) -> str:
     """Run one stage in a fresh interpreter; return its output (stdout + stderr)."""
     cmd = [sys.executable, "-m", "trainer", name, "--config", "configs/tiny.yaml"]
     cmd += [a for o in overrides for a in ("--set", o)] + list(extra)
-    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=os.environ.copy())
-    out = res.stdout + res.stderr
-    assert res.returncode == 0, f"{name} exited {res.returncode}:\n{out[-4000:]}"
+    log = logs / f"{name}.log"
+    with log.open("w") as f:
+        try:
+            res = subprocess.run(cmd, cwd=ROOT, stdout=f, stderr=subprocess.STDOUT, timeout=STAGE_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"{name} ran past {STAGE_TIMEOUT_S} s ({log}):\n{log.read_text()[-4000:]}")
+    out = log.read_text()
+    assert res.returncode == 0, f"{name} exited {res.returncode} ({log}):\n{out[-4000:]}"
     return out
 
 
@@ -64,32 +82,34 @@ def unsloth_overrides(tiny_overrides: list[str]) -> list[str]:
 
 @pytest.mark.gpu
 @needs_gpu
-def test_unsloth_pipeline_and_plain_reload(volume: Path, unsloth_overrides: list[str], tiny_model_dir: Path) -> None:
-    out = stage("sft", unsloth_overrides)
+def test_unsloth_pipeline_and_plain_reload(
+    volume: Path, unsloth_overrides: list[str], tiny_model_dir: Path, logs: Path
+) -> None:
+    stage("sft", unsloth_overrides, logs)
     sft = volume / "tiny/sft/adapter"
     assert (sft / "adapter_model.safetensors").is_file()
     record = json.loads((volume / "tiny/sft/run.json").read_text())
     assert record["global_step"] == 20 and record["versions"]["unsloth"]
 
-    grpo_out = stage("grpo", unsloth_overrides)
+    grpo_out = stage("grpo", unsloth_overrides, logs)
     assert "UnslothGRPOTrainer" in grpo_out  # TRL's trainer, patched by Unsloth
     assert "GRPO rollouts: " in grpo_out  # the generation choice is logged
     record = json.loads((volume / "tiny/grpo/run.json").read_text())
     assert record["global_step"] == 10 and record["start_adapter"] == str(sft)
     assert (volume / "tiny/grpo/rewards.png").is_file()
 
-    stage("eval", unsloth_overrides)
+    stage("eval", unsloth_overrides, logs)
     report = json.loads((volume / "tiny/eval/report.json").read_text())
     assert {(r["dataset"], r["model"]) for r in report["results"]} == {
         (d, m) for d in ("heldout", "gsm8k", "math500") for m in ("base", "sft", "grpo")
     }
     assert all(r["mean_completion_tokens"] > 0 for r in report["results"])
 
-    out = stage("infer", unsloth_overrides, "--prompt", "What is 12*7?")
+    out = stage("infer", unsloth_overrides, logs, "--prompt", "What is 12*7?")
     assert "<start_working_out>" in out and "\nanswer: " in out
     assert "generation: " in out  # vLLM or Unsloth's own generate, logged
 
-    stage("export", unsloth_overrides)
+    stage("export", unsloth_overrides, logs)
     export = volume / "tiny/export"
     assert (export / "adapter/adapter_config.json").is_file()
     assert (export / "merged/config.json").is_file()

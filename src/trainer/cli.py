@@ -23,7 +23,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a recipe key, e.g. --set grpo.max_steps=10 (repeatable)")
     p.add_argument("--prompt", help="infer: the problem to solve (same as --set infer.prompt=...)")
+    p.add_argument("--limit", type=_positive_int, metavar="N",
+                   help="eval: at most N problems per dataset (same as --set eval.limit=N)")
     return p.parse_args(argv)
+
+
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
+    return int(text)
 
 
 def run_stage(stage: str, cfg: RunConfig) -> object:
@@ -38,20 +46,25 @@ def run_stage(stage: str, cfg: RunConfig) -> object:
 
 
 def demo(cfg: RunConfig) -> None:
-    """The whole pipeline on one config, then where everything went."""
+    """The whole pipeline on one config, then where everything went, and the evaluation table."""
+    from trainer import distributed
+    from trainer.report import markdown_report
     from trainer.volume import stage_dir
 
     t0 = time.time()
     sft = run_stage("sft", cfg)
     grpo = run_stage("grpo", cfg)
-    run_stage("eval", cfg)
+    report = run_stage("eval", cfg)
     run_stage("infer", cfg)
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"  SFT adapter:  {sft}")
     print(f"  GRPO adapter: {grpo}")
     print(f"  reward plot:  {stage_dir(cfg, 'grpo') / 'rewards.png'}")
+    print(f"  rollouts:     {stage_dir(cfg, 'grpo') / 'completions.jsonl'}")
     print(f"  eval report:  {stage_dir(cfg, 'eval') / 'report.md'}")
     print(f"  TensorBoard:  tensorboard --logdir {stage_dir(cfg, 'grpo').parent}")
+    if distributed.is_main_process():  # the table last, where the eye lands
+        print(f"\nevaluation (base / SFT / GRPO):\n{markdown_report(report)}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         from dotenv import load_dotenv
 
         load_dotenv(os.environ.get("TRAINER_ENV_FILE", ".env"), override=False)
-        cfg = load_config(args.config, args.overrides)
+        limit = [f"eval.limit={args.limit}"] if args.limit is not None else []
+        cfg = load_config(args.config, [*args.overrides, *limit])
         if args.prompt is not None:  # taken as-is, not parsed as YAML like --set values
             cfg.infer.prompt = args.prompt
         if cfg.backend == "unsloth":

@@ -189,7 +189,14 @@ class GRPOConfig:
         "one CUDA-graph decode step per token; same tokens as generate under greedy decoding; "
         "docs/benchmarks.md); 'trl': TRL's call of the model's generate. Backend unsloth uses its own.",
     )
-    log_completions: bool = _f(True, "Log a table of sample completions.")
+    log_completions: bool = _f(
+        True, "Print TRL's table of sample completions at each log step (and send it to W&B / trackio)."
+    )
+    log_completions_steps: int = _f(
+        10,
+        "Every N steps, append the latest rollouts (prompt, completion, each reward, advantage) to "
+        "grpo/completions.jsonl on the volume; 0: never.",
+    )
 
 
 @dataclass
@@ -210,7 +217,7 @@ class EvalConfig:
     datasets: list[EvalDatasetConfig] = _f(
         [
             EvalDatasetConfig(name="gsm8k", path="openai/gsm8k", config="main", answer_format="gsm8k"),
-            EvalDatasetConfig(name="math500", path="HuggingFaceH4/MATH-500"),
+            EvalDatasetConfig(name="math500", path="HuggingFaceH4/MATH-500", columns={"question": "problem"}),
         ],
         "Held-out problem sets.",
     )
@@ -280,6 +287,8 @@ class RunConfig:
                 raise ConfigError(f"grpo.rewards: unknown reward '{name}' in the {g.reward_set} set; {hint}")
         if not 0 < g.prompt_length_quantile <= 1:
             raise ConfigError("grpo.prompt_length_quantile must be in (0, 1].")
+        if g.log_completions_steps < 0:
+            raise ConfigError("grpo.log_completions_steps must be 0 (off) or a number of steps.")
         if self.model.load_in_4bit and self.backend != "unsloth":
             raise ConfigError("model.load_in_4bit needs backend: unsloth.")
 

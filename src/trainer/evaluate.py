@@ -1,59 +1,125 @@
 """Evaluation: pass@1, format adherence, completion length and truncation on held-out problems,
 for the base model and this run's SFT and GRPO adapters side by side.
 
-    python -m trainer eval --config configs/qwen3-4b.yaml
+    python -m trainer eval --config configs/qwen3-4b.yaml [--limit 100]
+
+Answers are checked by `trainer.rewards` (extract_solution, answers_equivalent, follows_format):
+the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
+Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 from trainer import distributed, models
-from trainer.config import RunConfig
+from trainer.config import EvalConfig, RunConfig
 from trainer.data import eval_problems
 from trainer.errors import UserError
 from trainer.format import prompt_messages
 from trainer.generation import Completion, generate
-from trainer.report import markdown_table
+from trainer.report import markdown_report
 from trainer.volume import find_adapter, stage_dir, write_run_record
 
 log = logging.getLogger(__name__)
 
 
-def score(completions: list[Completion], reference: str, eos: str | None) -> list[bool]:
+def is_correct(text: str, reference: str) -> bool:
+    """Whether a completion's solution block holds an answer equivalent to `reference`."""
     from trainer.rewards import answers_equivalent, extract_solution
 
-    out = []
-    for c in completions:
-        guess = extract_solution(c.text)
-        out.append(guess is not None and answers_equivalent(guess, reference))
-    return out
+    guess = extract_solution(text)
+    return guess is not None and answers_equivalent(guess, reference)
 
 
-def metrics(greedy: list[list[Completion]], sampled: list[list[Completion]] | None, answers: list[str], eos: str) -> dict:
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _stderr(values: list[float]) -> float:
+    """Standard error of the mean of per-problem scores (0/1 for greedy, a share for sampled)."""
+    if len(values) < 2:
+        return 0.0
+    m = _mean(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
+def metrics(
+    greedy: list[list[Completion]], sampled: list[list[Completion]] | None, answers: list[str], eos: str | None
+) -> dict[str, Any]:
+    """pass@1 (greedy, and the mean over `sampled` completions), with standard errors over problems;
+    format adherence, mean completion tokens and truncation rate of the greedy completions."""
     from trainer.rewards import follows_format
 
+    if not answers:
+        raise ValueError("no problems to score")
     flat = [c for group in greedy for c in group]
-    correct = [score(group, a, eos)[0] for group, a in zip(greedy, answers)]
+    correct = [float(is_correct(group[0].text, a)) for group, a in zip(greedy, answers, strict=True)]
     result: dict[str, Any] = {
         "n": len(answers),
-        "pass@1_greedy": sum(correct) / len(correct),
+        "pass@1_greedy": _mean(correct),
+        "pass@1_greedy_stderr": _stderr(correct),
         "pass@1_sampled": None,
-        "format_adherence": sum(follows_format(c.text, eos) for c in flat) / len(flat),
-        "mean_completion_tokens": sum(c.num_tokens for c in flat) / len(flat),
-        "truncation_rate": sum(c.truncated for c in flat) / len(flat),
+        "pass@1_sampled_stderr": None,
+        "format_adherence": _mean([float(follows_format(c.text, eos)) for c in flat]),
+        "mean_completion_tokens": _mean([c.num_tokens for c in flat]),
+        "truncation_rate": _mean([float(c.truncated) for c in flat]),
     }
     if sampled:
-        per_problem = [sum(score(group, a, eos)) / len(group) for group, a in zip(sampled, answers)]
-        result["pass@1_sampled"] = sum(per_problem) / len(per_problem)
+        per_problem = [
+            _mean([float(is_correct(c.text, a)) for c in group]) for group, a in zip(sampled, answers, strict=True)
+        ]
+        result["pass@1_sampled"] = _mean(per_problem)
+        result["pass@1_sampled_stderr"] = _stderr(per_problem)
     return result
 
 
+def sample_records(dataset: str, model: str, rows: list[dict[str, str]], greedy: list[list[Completion]]) -> list[dict]:
+    """One scored record per problem (the greedy completion), for eval/samples.jsonl."""
+    from trainer.rewards import extract_solution, follows_format
+
+    return [
+        {
+            "dataset": dataset,
+            "model": model,
+            "question": r["question"],
+            "answer": r["answer"],
+            "completion": g[0].text,
+            "extracted": extract_solution(g[0].text),
+            "correct": is_correct(g[0].text, r["answer"]),
+            "follows_format": follows_format(g[0].text),
+            "num_tokens": g[0].num_tokens,
+            "truncated": g[0].truncated,
+        }
+        for r, g in zip(rows, greedy, strict=True)
+    ]
+
+
+def settings(e: EvalConfig, seed: int) -> dict[str, Any]:
+    return {
+        "max_new_tokens": e.max_new_tokens,
+        "num_samples": e.num_samples,
+        "temperature": e.temperature,
+        "top_k": e.top_k,
+        "seed": seed,
+    }
+
+
+def _write(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def main(cfg: RunConfig) -> dict[str, Any]:
+    from transformers import set_seed
+
     e = cfg.eval
     adapters: dict[str, Path] = {}
     for name in e.models:
@@ -69,7 +135,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         raise UserError("nothing to evaluate: no adapters found and eval.models excludes 'base'.")
     problems = {d.name: eval_problems(d, e.limit) for d in e.datasets}
     model, tokenizer = models.inference_model(cfg, adapters)
-    results = []
+    results, samples = [], []
     for ds_name, rows in problems.items():
         convs = [prompt_messages(r["question"]) for r in rows]
         answers = [r["answer"] for r in rows]
@@ -79,24 +145,42 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                 greedy = generate(model, tokenizer, convs, desc=f"{ds_name}/{name} greedy", **common)
                 sampled = None
                 if e.num_samples > 0:
+                    set_seed(cfg.seed)  # every model draws from the same random stream
                     sampled = generate(
-                        model, tokenizer, convs, temperature=e.temperature, top_k=e.top_k,
-                        num_samples=e.num_samples, desc=f"{ds_name}/{name} sampled", **common,
+                        model,
+                        tokenizer,
+                        convs,
+                        temperature=e.temperature,
+                        top_k=e.top_k,
+                        num_samples=e.num_samples,
+                        desc=f"{ds_name}/{name} sampled",
+                        **common,
                     )
-            results.append({"dataset": ds_name, "model": name, **metrics(greedy, sampled, answers, tokenizer.eos_token)})
+            results.append(
+                {"dataset": ds_name, "model": name, **metrics(greedy, sampled, answers, tokenizer.eos_token)}
+            )
+            samples += sample_records(ds_name, name, rows, greedy)
             log.info("%s", results[-1])
-    report = {"results": results, "adapters": {k: str(v) for k, v in adapters.items()}}
+    report = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "settings": settings(e, cfg.seed),
+        "datasets": {
+            d.name: {"path": d.path, "config": d.config, "split": d.split, "n": len(problems[d.name])}
+            for d in e.datasets
+        },
+        "adapters": {k: str(v) for k, v in adapters.items()},
+        "results": results,
+    }
     # Launched on several processes (make demo under accelerate), each evaluates alike; one writes.
     if not distributed.is_main_process():
         return report
     out = stage_dir(cfg, "eval")
     out.mkdir(parents=True, exist_ok=True)
-    table = markdown_table(results)
-    for path, text in ((out / "report.json", json.dumps(report, indent=2)), (out / "report.md", table)):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
+    text = markdown_report(report)
+    _write(out / "report.json", json.dumps(report, indent=2) + "\n")
+    _write(out / "report.md", text + "\n")
+    _write(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
     write_run_record(cfg, "eval", report=str(out / "report.json"))
-    print(table)
-    print(f"\neval report: {out / 'report.json'} and {out / 'report.md'}")
+    print(text)
+    print(f"\neval report: {out / 'report.json'} and {out / 'report.md'}; completions: {out / 'samples.jsonl'}")
     return report

@@ -34,7 +34,7 @@ class FastGRPOTrainer(GRPOTrainer):
     _rollout_fallback: str | None = None
     lean_lora = True  # run the training step's LoRA layers through lean_lora
 
-    def training_step(self, model, inputs, num_items_in_batch):  # noqa: ANN001, ANN201
+    def training_step(self, model, inputs, num_items_in_batch):
         with lean_lora(self.model) if self.lean_lora else contextlib.nullcontext():
             return super().training_step(model, inputs, num_items_in_batch)
 
@@ -50,7 +50,7 @@ class FastGRPOTrainer(GRPOTrainer):
             return "the model is sharded (DeepSpeed / FSDP)"
         return unsupported_reason(self.accelerator.unwrap_model(self.model_wrapped))
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):  # noqa: ANN001
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
         reason = self.fast_rollout_reason() if self._rollout_engine is None else None
         if reason is None and (images is not None or multimodal_fields):
             reason = "the prompts carry images"

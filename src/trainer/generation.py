@@ -15,6 +15,14 @@ class Completion:
     truncated: bool  # hit max_new_tokens before EOS
 
 
+def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
+    """Token ids that end a completion: the tokenizer's EOS and the model's generation EOS (one id or a list)."""
+    ids = {tokenizer.eos_token_id}
+    configured = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids.update(configured if isinstance(configured, (list, tuple)) else [configured])
+    return {i for i in ids if i is not None}
+
+
 def generate(
     model: Any,
     tokenizer: Any,
@@ -27,31 +35,44 @@ def generate(
     batch_size: int = 16,
     desc: str = "generating",
 ) -> list[list[Completion]]:
-    """`num_samples` completions per conversation; temperature 0 means greedy."""
+    """`num_samples` completions per conversation, in input order; temperature 0 means greedy.
+
+    Sampling settings are passed explicitly (top_k 0 is off, top_p 1, no min_p), so a model's own
+    generation_config (Qwen3 ships top_k 20, top_p 0.95) does not change what is measured.
+    """
     import torch
 
     tokenizer.padding_side = "left"
     sampling = temperature > 0
-    kwargs: dict[str, Any] = dict(max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id)
+    kwargs: dict[str, Any] = dict(
+        max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id
+    )
     if sampling:
-        kwargs.update(temperature=temperature, top_k=top_k or None, num_return_sequences=num_samples)
-    eos = tokenizer.eos_token_id
-    out: list[list[Completion]] = []
+        kwargs.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=None, num_return_sequences=num_samples)
+    stops = stop_token_ids(model, tokenizer)
+    texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
+    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    # Longest prompts first: similar lengths share a batch (less padding), and a batch too large for
+    # memory shows up at once rather than at the end.
+    order = sorted(range(len(texts)), key=lambda i: -lengths[i])
+    out: list[list[Completion] | None] = [None] * len(texts)
     model.eval()
-    for start in tqdm(range(0, len(conversations), batch_size), desc=desc, unit="batch"):
-        batch = conversations[start : start + batch_size]
-        texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in batch]
-        enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
-        with torch.inference_mode():
-            ids = model.generate(**enc, **kwargs)
-        gen = ids[:, enc["input_ids"].shape[1] :].tolist()
-        per = num_samples if sampling else 1
-        for i in range(len(batch)):
-            group = []
-            for seq in gen[i * per : (i + 1) * per]:
-                n = seq.index(eos) + 1 if eos in seq else len(seq)
-                group.append(
-                    Completion(tokenizer.decode(seq[:n], skip_special_tokens=True), n, truncated=eos not in seq)
-                )
-            out.append(group)
-    return out
+    per = num_samples if sampling else 1
+    with tqdm(total=len(texts), desc=desc, unit="problem") as bar:
+        for start in range(0, len(order), batch_size):
+            batch = order[start : start + batch_size]
+            enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(model.device)
+            with torch.inference_mode():
+                ids = model.generate(**enc, **kwargs)
+            gen = ids[:, enc["input_ids"].shape[1] :].tolist()
+            for j, i in enumerate(batch):
+                out[i] = [_completion(seq, stops, tokenizer) for seq in gen[j * per : (j + 1) * per]]
+            bar.update(len(batch))
+    return out  # type: ignore[return-value]  # every slot is filled above
+
+
+def _completion(seq: list[int], stops: set[int], tokenizer: Any) -> Completion:
+    end = next((k for k, t in enumerate(seq) if t in stops), None)
+    n = len(seq) if end is None else end + 1
+    return Completion(tokenizer.decode(seq[:n], skip_special_tokens=True), n, truncated=end is None)

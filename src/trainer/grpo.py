@@ -43,7 +43,7 @@ def main(cfg: RunConfig) -> Path:
     from trl import GRPOConfig, GRPOTrainer
 
     from trainer.fast_grpo import trainer_class
-    from trainer.report import plot_rewards
+    from trainer.report import completion_samples_callback, plot_rewards
     from trainer.rewards import build_reward_funcs
 
     g = cfg.grpo
@@ -94,11 +94,13 @@ def main(cfg: RunConfig) -> Path:
     )
     log.info("GRPO trainer: %s.%s", type(trainer).__module__, type(trainer).__name__)
     report_overrides(trainer.args, requested)
+    samples = stage_dir(cfg, "grpo") / "completions.jsonl"
+    trainer.add_callback(completion_samples_callback(trainer, samples, g.log_completions_steps))
     train(trainer, cfg, "grpo")
     adapter = finish(
         cfg, "grpo", trainer, tokenizer,
         start_adapter=str(start), max_prompt_length=max_prompt, max_completion_length=max_completion,
     )
     if distributed.is_main_process():
-        plot_rewards(trainer.state.log_history, adapter.parent / "rewards.png")
+        plot_rewards(trainer.state.log_history, adapter.parent / "rewards.png", title=f"GRPO, run {cfg.run_name}")
     return adapter

@@ -8,9 +8,12 @@ bucket and replayed per token; all state lives in fixed-shape buffers on the dev
 
 What is shared with the model being trained: the decoder's own modules and base weights, read in
 place (no copy of the model). The LoRA factors are re-read from the live PEFT modules at every
-`generate` call into small graph-owned buffers (cast to the compute dtype, A factors of layers
-that share an input concatenated): a few hundred MB at most, refreshed in well under a
-millisecond, so a rollout always samples from the adapter as it is at that step.
+`generate` call into small graph-owned buffers, so a rollout always samples from the adapter as it
+is at that step. They are cast to the compute dtype: bf16 GEMMs run on the tensor cores, while
+PEFT's float32 factors ran as float32 GEMMs that took 2.2 of the 8.6 ms of a Qwen3-4B decode step
+(docs/benchmarks.md). The A factors of projections that share an input are stacked and their B
+factors laid out block-diagonally, so each group needs one GEMM pair (about 200 MB of buffers for
+r 32 on Qwen3-4B).
 
 Exactness: prompts are left-padded like `generate` does, positions and masks follow its rules, the
 sampling filters are HF's warpers in HF's order (temperature, top-k, top-p, min-p), and finished
@@ -104,29 +107,15 @@ def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor
 
 
 def _with_lora(y: torch.Tensor, lora: torch.Tensor | None) -> torch.Tensor:
-    # As PEFT: the base output plus the LoRA term in the adapter's dtype, rounded back once.
-    return y if lora is None else (y + lora).to(y.dtype)
-
-
-def _norm(
-    x: torch.Tensor, weight: torch.Tensor, eps: float, lora_dtype: torch.dtype | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """(normed x, the same in the next LoRA's dtype or None)."""
-    h = _rms_norm(x, weight, eps)
-    return h, None if lora_dtype is None else h.to(lora_dtype)
+    return y if lora is None else y + lora
 
 
 def _add_norm(
-    x: torch.Tensor,
-    y: torch.Tensor,
-    lora: torch.Tensor | None,
-    weight: torch.Tensor,
-    eps: float,
-    lora_dtype: torch.dtype | None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    x: torch.Tensor, y: torch.Tensor, lora: torch.Tensor | None, weight: torch.Tensor, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Residual add of a projection's output (base + LoRA), then the next RMSNorm."""
     x = x + _with_lora(y, lora)
-    return (x, *_norm(x, weight, eps, lora_dtype))
+    return x, _rms_norm(x, weight, eps)
 
 
 def _rotate_half(x: torch.Tensor) -> torch.Tensor:
@@ -166,14 +155,11 @@ def _softmax(scores: torch.Tensor, bias: torch.Tensor, scale: float) -> torch.Te
     return (scores.float() * scale + bias).softmax(-1).to(scores.dtype)
 
 
-def _silu_mul(
-    g: torch.Tensor, u: torch.Tensor, lora: torch.Tensor | None, splits: list[int], lora_dtype: torch.dtype | None
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+def _silu_mul(g: torch.Tensor, u: torch.Tensor, lora: torch.Tensor | None, splits: list[int]) -> torch.Tensor:
     if lora is not None:
         lg, lu = lora.split(splits, -1)
-        g, u = _with_lora(g, lg), _with_lora(u, lu)
-    a = F.silu(g) * u
-    return a, None if lora_dtype is None else a.to(lora_dtype)
+        g, u = g + lg, u + lu
+    return F.silu(g) * u
 
 
 # ---------------------------------------------------------------------------------------------
@@ -262,15 +248,12 @@ class _Group:
     def lora(self, x: torch.Tensor | None) -> torch.Tensor | None:
         return None if self.a is None else F.linear(F.linear(x, self.a), self.b)
 
-    @property
-    def lora_dtype(self) -> torch.dtype | None:
-        return None if self.a is None else self.a.dtype
-
 
 class _Adapters:
     """The model's projections, with the LoRA factors copied into fixed buffers (see module doc)."""
 
-    def __init__(self, layers: Sequence[Any]) -> None:
+    def __init__(self, layers: Sequence[Any], dtype: torch.dtype) -> None:
+        self.dtype = dtype
         self.copies: list[tuple[torch.Tensor, float, torch.Tensor]] = []  # (live param, scale, buffer view)
         self.groups = [[self._group(layer, names) for names in PROJECTION_GROUPS] for layer in layers]
         self.signature = self._signature(layers)
@@ -290,8 +273,8 @@ class _Adapters:
         if terms:
             ref = terms[0][1]
             rank = sum(t[1].shape[0] for t in terms)
-            group.a = torch.empty((rank, ref.shape[1]), dtype=ref.dtype, device=ref.device)
-            group.b = torch.zeros((row, rank), dtype=ref.dtype, device=ref.device)
+            group.a = torch.empty((rank, ref.shape[1]), dtype=self.dtype, device=ref.device)
+            group.b = torch.zeros((row, rank), dtype=self.dtype, device=ref.device)
             col = 0
             for row0, A, B, scale in terms:
                 r = A.shape[0]
@@ -317,10 +300,7 @@ class _Adapters:
     def refresh(self) -> None:
         with torch.no_grad():
             for src, scale, buf in self.copies:
-                if scale == 1.0:
-                    buf.copy_(src)
-                else:
-                    torch.mul(src, scale, out=buf)
+                buf.copy_(src if scale == 1.0 else src * scale)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -383,9 +363,11 @@ class RolloutEngine:
         use_compile = on_cuda if compile is None else compile
         wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if use_compile else (lambda f: f)
         self._wrap = wrap
-        self._fused = tuple(map(wrap, (_norm, _add_norm, _qkv, _silu_mul)))
+        self._fused = tuple(map(wrap, (_rms_norm, _add_norm, _qkv, _silu_mul)))
         self._softmax = wrap(_softmax)
-        self.decode_attention = "sdpa"  # or "matmul": two batched GEMMs and a fused softmax
+        # "matmul": two batched GEMMs and a compiled softmax; measured 2% faster per rollout than
+        # "sdpa" (cuDNN) on the GRPO benchmark (H100, 32 x 512 tokens, docs/benchmarks.md).
+        self.decode_attention = "matmul"
         self._choose: Any = None
         self.state: _State | None = None
         self.adapters: _Adapters | None = None
@@ -435,7 +417,7 @@ class RolloutEngine:
             slots, new_tokens = max(slots, st.slots), max(new_tokens, st.out.shape[1])
         self.graphs.clear()
         self.state = st = None  # free the old cache before allocating the new one
-        self.adapters = _Adapters(self.layers)
+        self.adapters = _Adapters(self.layers, self.dtype)
         self.state = self._allocate(batch, slots, new_tokens)
         self.sampling = sampling
 
@@ -472,12 +454,12 @@ class RolloutEngine:
         attention reads cache slots [0, kv_len) under `bias` [B, 1, T, kv_len]. `fused`: the
         pointwise glue as compiled kernels (decode), else eager (prefill; shapes vary).
         """
-        norm, add_norm, qkv, silu_mul = self._fused if fused else (_norm, _add_norm, _qkv, _silu_mul)
+        norm, add_norm, qkv, silu_mul = self._fused if fused else (_rms_norm, _add_norm, _qkv, _silu_mul)
         st, groups, heads = self.state, self.adapters.groups, (self.n_heads, self.n_kv, self.head_dim)
         x = self.decoder.get_input_embeddings()(ids)
         cos, sin = self.decoder.rotary_emb(x, positions)
         first = self.layers[0].input_layernorm
-        h, hl = norm(x, first.weight, first.variance_epsilon, groups[0][0].lora_dtype)
+        h = norm(x, first.weight, first.variance_epsilon)
         for i, layer in enumerate(self.layers):
             attn, (g_qkv, g_o, g_gu, g_down) = layer.self_attn, groups[i]
             q, k, v = (F.linear(h, w, b) for w, b in zip(g_qkv.weights, g_qkv.biases, strict=True))
@@ -486,7 +468,7 @@ class RolloutEngine:
                 q,
                 k,
                 v,
-                g_qkv.lora(hl),
+                g_qkv.lora(h),
                 g_qkv.splits,
                 None if qn is None else qn.weight,
                 None if kn is None else kn.weight,
@@ -502,26 +484,15 @@ class RolloutEngine:
                 cache.index_copy_(3, slots, kv)
             o = self._attend(q, cache[0, :, :, :kv_len], cache[1, :, :, :kv_len], bias, attn.scaling)
             o = o.transpose(1, 2).reshape(ids.shape[0], ids.shape[1], -1)
-            lo = g_o.lora(None if g_o.a is None else o.to(g_o.lora_dtype))
             post = layer.post_attention_layernorm
-            x, h, hl = add_norm(
-                x,
-                F.linear(o, g_o.weights[0], g_o.biases[0]),
-                lo,
-                post.weight,
-                post.variance_epsilon,
-                g_gu.lora_dtype,
+            x, h = add_norm(
+                x, F.linear(o, g_o.weights[0], g_o.biases[0]), g_o.lora(o), post.weight, post.variance_epsilon
             )
             gate, up = (F.linear(h, w, b) for w, b in zip(g_gu.weights, g_gu.biases, strict=True))
-            a, al = silu_mul(gate, up, g_gu.lora(hl), g_gu.splits, g_down.lora_dtype)
+            a = silu_mul(gate, up, g_gu.lora(h), g_gu.splits)
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.decoder.norm
-            x, h, hl = add_norm(
-                x,
-                F.linear(a, g_down.weights[0], g_down.biases[0]),
-                g_down.lora(al),
-                nxt.weight,
-                nxt.variance_epsilon,
-                groups[i + 1][0].lora_dtype if i + 1 < len(self.layers) else None,
+            x, h = add_norm(
+                x, F.linear(a, g_down.weights[0], g_down.biases[0]), g_down.lora(a), nxt.weight, nxt.variance_epsilon
             )
         return h
 

@@ -19,7 +19,9 @@ log = logging.getLogger(__name__)
 
 EOS = "<|endoftext|>"
 # Its own pad token, as Qwen3's tokenizer has (<|vision_pad|>): Unsloth refuses a pad that is the
-# EOS where the embedding has no spare row for a pad of its own.
+# EOS where the embedding has no spare row for a pad of its own. It is the last id, and its embedding
+# row is added after the model's random init, so every other weight is what it was before the pad
+# existed (the tiny model's learning, tests/test_learning.py, was measured with those weights).
 PAD = "<|pad|>"
 SAMPLE_DIR = Path(__file__).resolve().parent / "sample_data"
 
@@ -41,14 +43,15 @@ def build_tokenizer(vocab_size: int = 1024):
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
-        special_tokens=[EOS, PAD],
+        special_tokens=[EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tok.train_from_iterator(_corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS, pad_token=PAD)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=EOS)
     # The tags are ordinary tokens (not special): decoding with skip_special_tokens keeps them.
     fast.add_tokens(TAGS)
+    fast.add_special_tokens({"pad_token": PAD})
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -88,7 +91,8 @@ def ensure_tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
         tokenizer = build_tokenizer()
-        model = build_model(len(tokenizer), seed)
+        model = build_model(len(tokenizer) - 1, seed)  # all but the pad row (see PAD)
+        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model.config.eos_token_id = tokenizer.eos_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id

@@ -1,0 +1,229 @@
+"""Evaluation: metrics through the shared verifier, datasets (hub ids and local files), batched
+generation, the report, the reward plot, and `trainer eval --limit` on the tiny model."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+from trainer.cli import main
+from trainer.config import EvalDatasetConfig, load_config
+from trainer.data import eval_problems
+from trainer.evaluate import is_correct, metrics
+from trainer.generation import Completion
+from trainer.report import completion_rows, markdown_report, plot_rewards, reward_series, smooth
+
+DONE = "{work}<end_working_out><SOLUTION>{answer}</SOLUTION>"
+
+
+def done(answer: str, work: str = "2 + 2 = 4") -> str:
+    return DONE.format(work=work, answer=answer)
+
+
+@pytest.mark.parametrize(
+    ("text", "reference", "expected"),
+    [
+        (done("4"), "4", True),
+        (done("1,000"), "1000", True),  # thousands separator
+        (done("\\frac{1}{2}"), "0.5", True),  # symbolic equivalence
+        (done("\\boxed{12}"), "12", True),
+        (done("5"), "4", False),
+        ("<SOLUTION>4</SOLUTION>", "4", False),  # no working-out end tag: not the format's answer
+        ("2 + 2 = 4", "4", False),  # no solution block at all
+    ],
+)
+def test_is_correct_uses_the_reward_verifier(text: str, reference: str, expected: bool) -> None:
+    assert is_correct(text, reference) is expected
+
+
+def c(text: str, n: int = 5, truncated: bool = False) -> Completion:
+    return Completion(text, n, truncated)
+
+
+def test_metrics() -> None:
+    greedy = [[c(done("4"), 4)], [c(done("7"), 6)], [c("rambling", 10, truncated=True)], [c(done("9"), 8)]]
+    sampled = [
+        [c(done("4")), c(done("4"))],
+        [c(done("6")), c(done("1"))],
+        [c("x"), c(done("3"))],
+        [c(done("9")), c(done("0"))],
+    ]
+    m = metrics(greedy, sampled, ["4", "6", "3", "9"], eos="</s>")
+    assert m["n"] == 4
+    assert m["pass@1_greedy"] == 0.5  # problems 1 and 4
+    assert m["pass@1_greedy_stderr"] == pytest.approx(math.sqrt(1 / 3 / 4))
+    assert m["pass@1_sampled"] == pytest.approx((1 + 0.5 + 0.5 + 0.5) / 4)
+    assert m["format_adherence"] == 0.75
+    assert m["mean_completion_tokens"] == 7.0
+    assert m["truncation_rate"] == 0.25
+    assert metrics(greedy, None, ["4", "6", "3", "9"], eos=None)["pass@1_sampled"] is None
+
+
+def test_report_compares_grpo_with_sft() -> None:
+    row = dict(n=10, format_adherence=1.0, mean_completion_tokens=5.0, truncation_rate=0.0, **{"pass@1_sampled": None})
+    results = [
+        {"dataset": "d", "model": "sft", **row, "pass@1_greedy": 0.2, "pass@1_greedy_stderr": 0.13},
+        {"dataset": "d", "model": "grpo", **row, "pass@1_greedy": 0.5, "pass@1_greedy_stderr": 0.16},
+    ]
+    settings = {"num_samples": 0, "temperature": 1.0, "top_k": 50, "seed": 1, "max_new_tokens": 9}
+    text = markdown_report({"results": results, "settings": settings})
+    assert "| d | grpo | 10 | 50.0% ± 16.0 | - | 100.0% | 5.0 | 0.0% |" in text
+    assert "- d: GRPO vs SFT: pass@1 greedy +30.0 points, format +0.0 (n = 10)" in text
+    assert "at most 9 new tokens" in text
+
+
+# -------------------------------------------------------------------------------------------
+# Datasets: the recipes' local copies and the hub ids of the defaults
+
+
+def test_local_eval_datasets_of_the_tiny_recipe() -> None:
+    cfg = load_config("configs/tiny.yaml")
+    by_name = {d.name: d for d in cfg.eval.datasets}
+    gsm8k = eval_problems(by_name["gsm8k"], limit=3)
+    assert len(gsm8k) == 3 and gsm8k[0]["answer"] == "18"  # the text after '####'
+    math500 = eval_problems(by_name["math500"], limit=None)
+    assert len(math500) == 8 and math500[0]["question"].startswith("Convert the point $(0,3)$")
+
+
+HUB_FILES = {  # hub id -> the local copy of the same split, which has the hub's columns
+    ("openai/gsm8k", "main", "test"): "data/eval/gsm8k_test.jsonl",
+    ("HuggingFaceH4/MATH-500", None, "test"): "data/eval/math500_test.jsonl",
+}
+
+
+def test_default_eval_datasets_load_from_the_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults name hub datasets; no network here, so `datasets.load_dataset` serves the local
+    copies of the same splits (same columns) and records what it was asked for."""
+    import datasets
+
+    asked = []
+
+    def load_dataset(path: str, name: str | None = None, split: str | None = None) -> datasets.Dataset:
+        asked.append((path, name, split))
+        rows = [json.loads(line) for line in Path(HUB_FILES[path, name, split]).read_text().splitlines()]
+        return datasets.Dataset.from_list(rows)
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    cfg = load_config(None)  # no recipe: the defaults
+    problems = {d.name: eval_problems(d, cfg.eval.limit) for d in cfg.eval.datasets}
+    assert asked == list(HUB_FILES)
+    assert len(problems["gsm8k"]) == 1319 and problems["gsm8k"][0]["answer"] == "18"
+    assert len(problems["math500"]) == 500 and problems["math500"][0]["answer"] == "\\left( 3, \\frac{\\pi}{2} \\right)"
+
+
+def test_eval_limit_caps_every_dataset(tmp_path: Path) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(10)))
+    d = EvalDatasetConfig(name="p", path=str(path), limit=6)
+    assert len(eval_problems(d, limit=None)) == 6
+    assert [r["answer"] for r in eval_problems(d, limit=2)] == ["0", "1"]
+
+
+# -------------------------------------------------------------------------------------------
+# Generation and the eval stage on the tiny model
+
+
+def test_generate_keeps_input_order(tiny_model_dir: Path) -> None:
+    """Prompts are batched longest first; results must come back in the caller's order."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.format import apply_format, prompt_messages
+    from trainer.generation import generate
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    apply_format(tok)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    questions = ["What is 1 + 1?", "Compute 3 * 4 and then add 5 to the result, please.", "Calculate 9 - 2 now."]
+    convs = [prompt_messages(q) for q in questions]
+    forward = generate(model, tok, convs, max_new_tokens=6, batch_size=2)
+    backward = generate(model, tok, convs[::-1], max_new_tokens=6, batch_size=2)
+    assert [g[0].text for g in backward[::-1]] == [g[0].text for g in forward]
+    sampled = generate(model, tok, convs, max_new_tokens=6, batch_size=2, temperature=1.0, num_samples=3)
+    assert [len(g) for g in sampled] == [3, 3, 3]
+    for group in forward + sampled:
+        for comp in group:
+            assert 1 <= comp.num_tokens <= 6 and (comp.num_tokens == 6 or not comp.truncated)
+
+
+def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    args = ["eval", "--config", "configs/tiny.yaml", "--limit", "3"]
+    args += ["--set", f"model.name={tiny_model_dir}", "--set", "eval.max_new_tokens=8", "--set", "eval.num_samples=2"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    report = json.loads((volume / "tiny/eval/report.json").read_text())
+    # No adapters on this volume: the base model alone, on every dataset of the recipe.
+    assert [(r["dataset"], r["model"], r["n"]) for r in report["results"]] == [
+        ("heldout", "base", 3),
+        ("gsm8k", "base", 3),
+        ("math500", "base", 3),
+    ]
+    assert report["settings"]["num_samples"] == 2 and report["datasets"]["gsm8k"]["n"] == 3
+    assert "| heldout | base | 3 |" in out and (volume / "tiny/eval/report.md").read_text().startswith("| dataset |")
+    samples = [json.loads(line) for line in (volume / "tiny/eval/samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 9 and {"question", "answer", "completion", "extracted", "correct"} <= set(samples[0])
+    # The random base model never emits EOS within 8 tokens.
+    assert all(r["truncation_rate"] == 1.0 and r["mean_completion_tokens"] == 8 for r in report["results"])
+
+
+@pytest.mark.parametrize("bad", ["0", "-1", "ten"])
+def test_limit_flag_must_be_positive(bad: str, capsys: pytest.CaptureFixture) -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["eval", "--limit", bad])
+    assert e.value.code == 2 and "--limit" in capsys.readouterr().err
+
+
+# -------------------------------------------------------------------------------------------
+# The reward plot and the rollout rows
+
+
+def history(steps: int) -> list[dict]:
+    out = []
+    for s in range(1, steps + 1):
+        out.append(
+            {
+                "step": s,
+                "reward": s / 2,
+                "rewards/fmt/mean": 1.0,
+                "rewards/answer/mean": s / 2 - 1,
+                "rewards/answer/std": 0.3,
+                "accuracy": s / steps,
+                "completions/mean_length": 20 - s / 4,
+                "completions/clipped_ratio": 0.1,
+                "kl": 0.01 * s,
+                "learning_rate": 1e-4,
+            }
+        )
+    return [*out, {"step": steps, "train_runtime": 3.0}]
+
+
+def test_reward_series_and_plot(tmp_path: Path) -> None:
+    series = reward_series(history(12))
+    assert set(series) == {"total", "fmt", "answer"}
+    assert series["answer"][:2] == [(1, -0.5), (2, 0.0)]
+    assert smooth([1.0, 3.0, 5.0, 7.0], window=2) == [1.0, 2.0, 4.0, 6.0]
+    png = plot_rewards(history(12), tmp_path / "grpo" / "rewards.png")
+    assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
+    assert plot_rewards([{"step": 1, "loss": 0.1}], tmp_path / "none.png") is None
+    assert not (tmp_path / "none.png").exists()
+
+
+def test_completion_rows() -> None:
+    logs = {
+        "prompt": ["p1", "p1"],
+        "completion": ["a", "b"],
+        "rewards": {"fmt": [3.0, 0.0], "answer": [5.0, float("nan")]},
+        "advantages": [0.7, -0.7],
+    }
+    rows = completion_rows(logs, step=4, reward_weights=[1.0, 2.0])
+    assert rows[0] == {
+        "step": 4,
+        "prompt": "p1",
+        "completion": "a",
+        "rewards": {"fmt": 3.0, "answer": 5.0},
+        "reward": 13.0,
+        "advantage": 0.7,
+    }
+    assert rows[1]["rewards"]["answer"] is None and rows[1]["reward"] == 0.0
