@@ -1,0 +1,76 @@
+"""GRPO step time and peak GPU memory of a recipe on one GPU, through the product's own grpo stage.
+
+    python benchmarks/gpu_grpo_step.py --config configs/qwen3-4b.yaml --set grpo.save_steps=3 ...
+
+Takes the CLI's arguments (run the sft stage of the same run first: GRPO starts from its adapter).
+Runs the stage in this process, so that torch's peak-memory counters cover it, with Unsloth imported
+first as the CLI does; then prints TRL's `step_time` of each step (rollout generation, rewards,
+forward and backward) and torch's peak allocated and reserved GPU memory for the whole stage (model
+load included; reserved is what the caching allocator held, CUDA's own context not counted).
+The step times are read from the last checkpoint's trainer_state.json, so grpo.save_steps must
+divide grpo.max_steps.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+
+from trainer.cli import main as cli_main
+from trainer.cli import parse_args
+from trainer.config import load_config
+from trainer.volume import stage_dir
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(["grpo", *argv])
+    cfg = load_config(args.config, args.overrides)
+    if cfg.backend == "unsloth":
+        from trainer.unsloth_backend import activate
+
+        activate()
+    import torch
+
+    rc = cli_main(["grpo", *argv])
+    if rc:
+        return rc
+    checkpoints = sorted(
+        (stage_dir(cfg, "grpo") / "checkpoints").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1])
+    )
+    history = json.loads((checkpoints[-1] / "trainer_state.json").read_text())["log_history"]
+    steps = [h for h in history if "step_time" in h]
+    run = json.loads((stage_dir(cfg, "grpo") / "run.json").read_text())
+    result = {
+        "device": torch.cuda.get_device_name(),
+        "model": cfg.model.name,
+        "backend": cfg.backend,
+        "max_prompt_length": run.get("max_prompt_length"),
+        "max_completion_length": run.get("max_completion_length"),
+        "num_generations": cfg.grpo.num_generations,
+        "steps": [
+            {k: h.get(k) for k in ("step", "step_time", "completions/mean_length", "completions/clipped_ratio", "loss")}
+            for h in steps
+        ],
+        "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
+        "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+    }
+    (stage_dir(cfg, "grpo") / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+    later = [s["step_time"] for s in result["steps"][1:]]
+    print(
+        f"\n{result['device']}, {cfg.model.name}, prompt <= {result['max_prompt_length']} + completion <= "
+        f"{result['max_completion_length']} tokens, {cfg.grpo.num_generations} generations"
+    )
+    for s in result["steps"]:
+        print(f"  step {s['step']}: {s['step_time']:.1f} s, mean completion {s['completions/mean_length']:.0f} tokens")
+    if later:
+        print(f"  median of steps 2+: {statistics.median(later):.1f} s (step 1 includes Unsloth's compilation)")
+    print(
+        f"  peak GPU memory: {result['peak_allocated_gib']:.1f} GiB allocated, {result['peak_reserved_gib']:.1f} GiB reserved"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# The GPU checks recorded in docs/gpu.md, run from the repo root on a machine with a CUDA GPU.
+#   scripts/gpu-check.sh tests   [OUT]   make test-gpu's tests: the tiny model through every stage
+#                                        on the unsloth backend, and the plain transformers/PEFT reload
+#   scripts/gpu-check.sh bench4b [OUT]   a random Qwen3-4B-shaped model at the recipe's lengths:
+#                                        sft (2 steps), then GRPO (3 steps) timed, peak memory
+# Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
+# /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
+set -euo pipefail
+what=${1:?usage: scripts/gpu-check.sh tests|bench4b [OUT]}
+out=${2:-/tmp/gpu-check}
+mkdir -p "$out"
+export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
+if [ -f .device/site.tar.xz ]; then
+  [ -f /tmp/site/.unpacked ] || { mkdir -p /tmp/site && tar -C /tmp/site -xJf .device/site.tar.xz && touch /tmp/site/.unpacked; }
+  export PYTHONPATH=/tmp/site:$PYTHONPATH
+fi
+py=${PYTHON:-python3}
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
+# unsloth first: it patches the others at import.
+$py -c 'import unsloth, torch, transformers, trl, peft, importlib.util as u
+print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__,
+      "peft", peft.__version__, "unsloth", unsloth.__version__, "vllm importable:", u.find_spec("vllm") is not None)' \
+  2>&1 | tail -1 | tee -a "$out/gpu.txt"
+
+case $what in
+tests)
+  # Each stage's output lands in OUT as it runs (tests/test_gpu.py), so a killed run still tells where it was.
+  TRAINER_GPU_TEST_LOGS=$out $py -m pytest -v -ra -m gpu --durations=0 tests/ 2>&1 | tee "$out/tests.log"
+  ;;
+bench4b)
+  # Device-level memory every second, beside torch's own peak counters (benchmarks/gpu_grpo_step.py).
+  nvidia-smi --query-gpu=timestamp,memory.used --format=csv,noheader -l 1 >"$out/smi.csv" &
+  smi=$!
+  trap 'kill $smi' EXIT
+  t=$SECONDS
+  $py benchmarks/make_qwen3_4b_random.py /tmp/q4b 2>&1 | tee "$out/build.log"
+  echo "build: $((SECONDS - t)) s"
+  export CHECKPOINT_DIR=/tmp/q4b/checkpoints
+  sets=(--set model.name=/tmp/q4b/model --set "report_to=[]"
+        --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.max_steps=2
+        --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
+        --set grpo.max_steps=3 --set grpo.save_steps=3 --set grpo.log_completions=false)
+  t=$SECONDS
+  $py -m trainer sft --config configs/qwen3-4b.yaml "${sets[@]}" 2>&1 | tee "$out/sft4b.log"
+  echo "sft stage: $((SECONDS - t)) s"
+  t=$SECONDS
+  $py benchmarks/gpu_grpo_step.py --config configs/qwen3-4b.yaml "${sets[@]}" 2>&1 | tee "$out/grpo4b.log"
+  echo "grpo stage: $((SECONDS - t)) s"
+  cp /tmp/q4b/checkpoints/qwen3-4b/grpo/bench.json "$out/"
+  echo "peak memory.used (nvidia-smi): $(cut -d, -f2 "$out/smi.csv" | sort -n | tail -1)"
+  ;;
+*)
+  echo "unknown check '$what'; use tests or bench4b" >&2
+  exit 2
+  ;;
+esac
