@@ -3,12 +3,16 @@ evaluation stage measures the gain, and the run leaves TensorBoard scalars, roll
 reward plot on the volume.
 
 The task: products with a zero factor ("What is 7 * 0?"). After the recipe's SFT the tiny model
-writes the format but cannot multiply (about 5% right on the shipped one-digit sample); on these
-prompts its sampled answers are right about a third of the time, so the rewards vary within each
-group and GRPO has a signal to follow. Measured over GRPO seeds 0-5 (30 steps, 16 completions a
-step): mean reward of the first 5 steps 2.5-4.3, of the last 5 steps 12.8-13.0 (the maximum is
-13.0); accuracy 0.21-0.34 -> 0.99-1.00. With the advantage sign flipped, the completion mask
-inverted, or the rewards shuffled across completions, the reward falls instead (docs/learning.md).
+writes the format but cannot multiply (a few percent right on the shipped one-digit sample); on these
+prompts some of its sampled answers are right and most are not, so with 8 completions per prompt
+the rewards vary within groups and GRPO has a signal to follow.
+
+Measured with this test on CPU at seeds 3407 (the recipe's), 0, 1 and 2: GRPO reward, mean of the
+first 5 steps 3.1-4.2, of the last 5 steps 11.8-13.0 (the maximum is 13.0); training accuracy
+0.24-0.36 -> 0.93-1.00; held-out sampled pass@1 SFT 0.07-0.17 -> GRPO 0.47-0.80, greedy GRPO 1.00.
+With the advantage sign flipped, the completion mask inverted, or the rewards shuffled across
+completions (scratch patches of TRL, not kept), the last-5 reward fell to -6.0 / -6.0 / -5.7 and
+the test failed (docs/learning.md).
 """
 
 from __future__ import annotations
@@ -30,10 +34,7 @@ def run(stage: str, overrides: list[str]) -> int:
 
 def zero_products(phrases: list[str]) -> list[dict[str, str]]:
     return [
-        {"prompt": p.format(a=a, b=b), "solution": "0"}
-        for p in phrases
-        for n in range(10)
-        for a, b in ((n, 0), (0, n))
+        {"prompt": p.format(a=a, b=b), "solution": "0"} for p in phrases for n in range(10) for a, b in ((n, 0), (0, n))
     ]
 
 
@@ -59,7 +60,8 @@ def test_grpo_raises_reward_and_heldout_accuracy(volume: Path, tiny_model_dir: P
         f"grpo.max_steps={steps}",
         f"grpo.save_steps={steps}",
         "grpo.learning_rate=5e-4",
-        "grpo.per_device_train_batch_size=16",  # 4 prompts x 4 completions
+        "grpo.num_generations=8",
+        "grpo.per_device_train_batch_size=32",  # 4 prompts x 8 completions
         "grpo.log_completions=false",
         "grpo.log_completions_steps=0",
     ]
@@ -77,14 +79,15 @@ def test_grpo_raises_reward_and_heldout_accuracy(volume: Path, tiny_model_dir: P
     evaluation = [
         f"eval.datasets=[{{name: zero, path: {held}}}]",
         "eval.models=[sft, grpo]",
-        "eval.num_samples=0",
+        "eval.num_samples=4",
         "eval.max_new_tokens=32",
     ]
     assert run("eval", common + evaluation) == 0
     results = {r["model"]: r for r in json.loads((volume / "tiny/eval/report.json").read_text())["results"]}
     assert results["grpo"]["n"] == len(heldout)
-    assert results["grpo"]["pass@1_greedy"] >= results["sft"]["pass@1_greedy"] + 0.3, results
-    assert results["grpo"]["format_adherence"] >= 0.9
+    # Sampled, not greedy: depending on the seed, SFT's greedy answer to these is already always 0 or never.
+    assert results["grpo"]["pass@1_sampled"] >= results["sft"]["pass@1_sampled"] + 0.2, results
+    assert results["grpo"]["pass@1_greedy"] >= 0.9 and results["grpo"]["format_adherence"] >= 0.9, results
 
 
 def test_grpo_run_leaves_curves_samples_and_plot(volume: Path, tiny_model_dir: Path) -> None:

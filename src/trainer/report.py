@@ -248,10 +248,11 @@ def markdown_report(report: dict[str, Any]) -> str:
     if changes:
         lines += ["", *changes]
     if s:
-        lines += [
-            "",
-            f"greedy and {s['num_samples']} sampled completion(s) per problem (temperature {s['temperature']}, "
-            f"top_k {s['top_k']}, seed {s['seed']}), at most {s['max_new_tokens']} new tokens; "
-            "± is one standard error over problems.",
-        ]
+        how = "a greedy completion per problem"
+        if s["num_samples"]:
+            how = (
+                f"a greedy and {s['num_samples']} sampled completion(s) per problem "
+                f"(temperature {s['temperature']}, top_k {s['top_k']}, seed {s['seed']})"
+            )
+        lines += ["", f"{how}, at most {s['max_new_tokens']} new tokens; ± is one standard error over problems."]
     return "\n".join(lines)
