@@ -227,3 +227,14 @@ def test_completion_rows() -> None:
         "advantage": 0.7,
     }
     assert rows[1]["rewards"]["answer"] is None and rows[1]["reward"] == 0.0
+
+
+def test_missing_tracker_is_a_clear_error(volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+    import importlib.util
+
+    if importlib.util.find_spec("wandb") is not None:
+        pytest.skip("wandb is installed here")
+    assert main(["sft", "--set", f"model.name={tiny_model_dir}", "--set", "report_to=[wandb]"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: report_to: wandb needs the wandb package") and err.count("\n") == 1
+    assert not list(volume.rglob("adapter*")) and not list(volume.rglob("events.out.*"))  # nothing trained
