@@ -88,7 +88,9 @@ def test_invariants(tmp_path: Path) -> None:
     load_config(None, ["grpo.num_generations=4", "grpo.per_device_train_batch_size=2"])
     with pytest.raises(ConfigError, match="one weight per reward"):
         load_config(None, ["grpo.reward_weights=[1.0]"])
-    with pytest.raises(ConfigError, match="unknown reward 'check_answers' in the default set; did you mean 'check_answer'"):
+    with pytest.raises(
+        ConfigError, match="unknown reward 'check_answers' in the default set; did you mean 'check_answer'"
+    ):
         load_config(None, ["grpo.rewards=[check_answers]"])
 
 

@@ -44,7 +44,9 @@ def test_sft_length_cap_is_half_the_sequence(tok) -> None:
 def test_grpo_drops_prompts_above_the_quantile(tok, tmp_path: Path) -> None:
     f = tmp_path / "p.jsonl"
     # Ten prompts of strictly increasing length: the 0.9 quantile keeps nine, drops the longest.
-    f.write_text("".join(json.dumps({"prompt": "What is 1 + 1?" + " 1 + 1" * i, "solution": "2"}) + "\n" for i in range(10)))
+    f.write_text(
+        "".join(json.dumps({"prompt": "What is 1 + 1?" + " 1 + 1" * i, "solution": "2"}) + "\n" for i in range(10))
+    )
     rows, cut = grpo_prompts(DatasetConfig(path=str(f), columns={"answer": "solution"}), tok, quantile=0.9)
     lengths = [prompt_length(tok, r["prompt"]) for r in rows]
     assert len(rows) == 9 and max(lengths) == cut

@@ -257,3 +257,13 @@ def test_exit_code_reaches_the_shell() -> None:
     )
     assert res.returncode == 2
     assert res.stderr == "error: config key 'grpo.max_steps' must be an integer, got 'ten'.\n"
+
+
+def test_half_precision_on_cpu_is_a_clear_error(volume: Path, tiny_model_dir: Path, capsys) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    assert run("sft", [f"model.name={tiny_model_dir}", "model.dtype=bfloat16"]) == 2
+    assert error_line(capsys.readouterr().err).startswith("model.dtype: bfloat16 trains on a GPU only")
+    assert not list(volume.rglob("adapter*"))

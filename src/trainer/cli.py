@@ -20,11 +20,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m trainer", description=__doc__)
     p.add_argument("stage", choices=STAGES, help="what to run ('demo': sft, grpo, eval, infer in one go)")
     p.add_argument("--config", default="configs/tiny.yaml", help="recipe YAML (default: %(default)s)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a recipe key, e.g. --set grpo.max_steps=10 (repeatable)")
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a recipe key, e.g. --set grpo.max_steps=10 (repeatable)",
+    )
     p.add_argument("--prompt", help="infer: the problem to solve (same as --set infer.prompt=...)")
-    p.add_argument("--limit", type=_positive_int, metavar="N",
-                   help="eval: at most N problems per dataset (same as --set eval.limit=N)")
+    p.add_argument(
+        "--limit",
+        type=_positive_int,
+        metavar="N",
+        help="eval: at most N problems per dataset (same as --set eval.limit=N)",
+    )
     return p.parse_args(argv)
 
 

@@ -131,12 +131,8 @@ class GRPOConfig:
     top_p: float = _f(1.0, "Nucleus sampling of rollouts.")
     top_k: int = _f(0, "Top-k sampling of rollouts (0: off).")
     min_p: float | None = _f(0.1, "Min-p sampling of rollouts.")
-    prompt_length_quantile: float = _f(
-        0.9, "Prompts longer than this quantile of prompt token lengths are dropped."
-    )
-    max_prompt_length: int | None = _f(
-        None, "Longest prompt in tokens; default: the quantile cut above + 1."
-    )
+    prompt_length_quantile: float = _f(0.9, "Prompts longer than this quantile of prompt token lengths are dropped.")
+    max_prompt_length: int | None = _f(None, "Longest prompt in tokens; default: the quantile cut above + 1.")
     max_completion_length: int | None = _f(
         None, "Longest completion in tokens; default: max_seq_length - max_prompt_length."
     )
@@ -164,9 +160,7 @@ class GRPOConfig:
         "Reward functions by name, from the chosen set.",
     )
     reward_weights: list[float] | None = _f(None, "One weight per reward; default all 1.0.")
-    reward_error_score: float = _f(
-        -5.0, "Score of a completion on which a reward function raised (the run goes on)."
-    )
+    reward_error_score: float = _f(-5.0, "Score of a completion on which a reward function raised (the run goes on).")
     use_vllm: bool = _f(
         False, "Generate rollouts with vLLM where it imports (the GPU image); the model's generate otherwise."
     )
@@ -175,12 +169,13 @@ class GRPOConfig:
         "Correct for the gap between vLLM's and the trainer's token probabilities (TRL's default is on, "
         "Unsloth's off; off is what the reference recipe ran).",
     )
-    vllm_mode: Literal["colocate", "server"] = _f("colocate", "vLLM in the trainer process, or a trl vllm-serve server.")
+    vllm_mode: Literal["colocate", "server"] = _f(
+        "colocate", "vLLM in the trainer process, or a trl vllm-serve server."
+    )
     vllm_gpu_memory_utilization: float = _f(0.9, "Share of GPU memory vLLM may take (colocate).")
     vllm_server_host: str = _f(
         "0.0.0.0",
-        "Host of the `trl vllm-serve` server (vllm_mode: server); 'vllm' is the compose service "
-        "(docs/scaling.md).",
+        "Host of the `trl vllm-serve` server (vllm_mode: server); 'vllm' is the compose service (docs/scaling.md).",
     )
     vllm_server_port: int = _f(8000, "Port of the `trl vllm-serve` server (vllm_mode: server).")
     rollout_engine: Literal["trl", "fast"] = _f(

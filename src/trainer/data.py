@@ -74,9 +74,7 @@ def select_columns(rows: list[dict], wanted: dict[str, str], mapping: dict[str, 
     """Rename the dataset's columns to the stage's names; error naming any that are missing."""
     unknown = set(mapping) - set(wanted)
     if unknown:
-        raise DataError(
-            f"{source}: columns mapping names {sorted(unknown)}, but this stage uses {sorted(wanted)}."
-        )
+        raise DataError(f"{source}: columns mapping names {sorted(unknown)}, but this stage uses {sorted(wanted)}.")
     cols = {k: mapping.get(k, v) for k, v in wanted.items()}
     if not rows:
         raise DataError(f"{source}: the dataset is empty.")
@@ -130,7 +128,11 @@ def sft_texts(cfg: DatasetConfig, tokenizer: Any, max_seq_length: int) -> list[s
         ]
         texts.append(tokenizer.apply_chat_template(messages, tokenize=False))
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-    texts = _nonempty([t for t, n in zip(texts, lengths, strict=True) if n <= max_seq_length // 2], "length <= max_seq_length/2", source)
+    texts = _nonempty(
+        [t for t, n in zip(texts, lengths, strict=True) if n <= max_seq_length // 2],
+        "length <= max_seq_length/2",
+        source,
+    )
     texts = texts[: cfg.limit] if cfg.limit else texts
     log.info("SFT data: %d rows kept of %d read from %s", len(texts), len(lengths), source)
     return texts
@@ -152,7 +154,9 @@ def grpo_prompts(cfg: DatasetConfig, tokenizer: Any, quantile: float) -> tuple[l
     items = [{"prompt": prompt_messages(r["prompt"]), "answer": r["answer"].strip()} for r in rows]
     lengths = [prompt_length(tokenizer, it["prompt"]) for it in items]
     cut = sorted(lengths)[max(0, math.ceil(quantile * len(lengths)) - 1)]
-    items = _nonempty([it for it, n in zip(items, lengths, strict=True) if n <= cut], f"prompt length <= {cut} tokens", source)
+    items = _nonempty(
+        [it for it, n in zip(items, lengths, strict=True) if n <= cut], f"prompt length <= {cut} tokens", source
+    )
     items = items[: cfg.limit] if cfg.limit else items
     log.info("GRPO data: %d prompts kept of %d (cut at %d tokens)", len(items), len(lengths), cut)
     return items, cut
@@ -170,4 +174,3 @@ def eval_problems(cfg: EvalDatasetConfig, limit: int | None) -> list[dict[str, s
             r["answer"] = r["answer"].rsplit("####", 1)[1].strip()
     n = limit or cfg.limit
     return rows[:n] if n else rows
-

@@ -1,6 +1,6 @@
 """Export: the LoRA adapter + tokenizer, a merged 16-bit model, and optionally a push to the Hub.
 
-    python -m trainer export --config configs/qwen3-4b.yaml --set export.push=true export.hub_repo=me/model
+python -m trainer export --config configs/qwen3-4b.yaml --set export.push=true export.hub_repo=me/model
 """
 
 from __future__ import annotations
@@ -29,7 +29,9 @@ def main(cfg: RunConfig) -> dict[str, str]:
     if adapter is None:
         raise UserError(f"no {x.adapter} adapter to export under {stage_dir(cfg, 'sft').parent}; train one first.")
     out = stage_dir(cfg, "export")
-    written = {"adapter": str(write_atomic(out / "adapter", lambda tmp: shutil.copytree(adapter, tmp, dirs_exist_ok=True)))}
+    written = {
+        "adapter": str(write_atomic(out / "adapter", lambda tmp: shutil.copytree(adapter, tmp, dirs_exist_ok=True)))
+    }
     if x.merged:
         written["merged"] = str(write_atomic(out / "merged", lambda tmp: _save_merged(cfg, adapter, tmp)))
     if x.push:

@@ -1,6 +1,6 @@
 """Stage 2: GRPO on math problems, scored by the reward functions, from the SFT adapter.
 
-    python -m trainer grpo --config configs/qwen3-4b.yaml
+python -m trainer grpo --config configs/qwen3-4b.yaml
 """
 
 from __future__ import annotations
@@ -98,8 +98,13 @@ def main(cfg: RunConfig) -> Path:
     trainer.add_callback(completion_samples_callback(trainer, samples, g.log_completions_steps))
     train(trainer, cfg, "grpo")
     adapter = finish(
-        cfg, "grpo", trainer, tokenizer,
-        start_adapter=str(start), max_prompt_length=max_prompt, max_completion_length=max_completion,
+        cfg,
+        "grpo",
+        trainer,
+        tokenizer,
+        start_adapter=str(start),
+        max_prompt_length=max_prompt,
+        max_completion_length=max_completion,
     )
     if distributed.is_main_process():
         plot_rewards(trainer.state.log_history, adapter.parent / "rewards.png", title=f"GRPO, run {cfg.run_name}")

@@ -1,6 +1,6 @@
 """Answer one problem with the trained adapter.
 
-    python -m trainer infer --config configs/qwen3-4b.yaml --prompt "What is 12*7?"
+python -m trainer infer --config configs/qwen3-4b.yaml --prompt "What is 12*7?"
 """
 
 from __future__ import annotations

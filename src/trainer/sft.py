@@ -1,6 +1,6 @@
 """Stage 1: supervised fine-tuning that teaches the reasoning format.
 
-    python -m trainer sft --config configs/qwen3-4b.yaml
+python -m trainer sft --config configs/qwen3-4b.yaml
 """
 
 from __future__ import annotations

@@ -61,8 +61,11 @@ def main(out: str) -> None:
     # Non-numeric answers, as in OpenMathReasoning: the SFT filter must drop them.
     sft += [
         {"problem": "Simplify x + x.", "generated_solution": "<think>\nx + x = 2x.\n</think>", "expected_answer": "2x"},
-        {"problem": "Write one half as a fraction.", "generated_solution": "<think>\n1/2\n</think>",
-         "expected_answer": "\\frac{1}{2}"},
+        {
+            "problem": "Write one half as a fraction.",
+            "generated_solution": "<think>\n1/2\n</think>",
+            "expected_answer": "\\frac{1}{2}",
+        },
     ]
     write_jsonl(root / "sft.jsonl", sft)
     write_jsonl(root / "grpo.jsonl", grpo_rows(240, seed=2))

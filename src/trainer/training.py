@@ -30,6 +30,12 @@ def check_backend(cfg: RunConfig, optim: str) -> None:
             "backend: unsloth trains on one GPU; several processes (GPUS / NNODES, accelerate launch) "
             "need --set backend=hf (docs/scaling.md)."
         )
+    if cfg.model.dtype in ("bfloat16", "float16") and not torch.cuda.is_available():
+        # The Trainer's mixed precision needs a GPU; it would fail only after the model has loaded.
+        raise UserError(
+            f"model.dtype: {cfg.model.dtype} trains on a GPU only and none is visible; "
+            "use --set model.dtype=float32 (or auto) on CPU."
+        )
     if "8bit" in optim and importlib.util.find_spec("bitsandbytes") is None:
         raise UserError(
             f"optim: {optim} needs bitsandbytes (GPU image only); use --set <stage>.optim=adamw_torch here."
@@ -194,8 +200,12 @@ def finish(cfg: RunConfig, stage: str, trainer: Any, tokenizer: Any, **extra: An
     if distributed.is_main_process():
         save_adapter(trainer.model, tokenizer, adapter, state_dict=state_dict)
         write_run_record(
-            cfg, stage, adapter=str(adapter), global_step=trainer.state.global_step,
-            num_processes=distributed.num_processes(), **extra,
+            cfg,
+            stage,
+            adapter=str(adapter),
+            global_step=trainer.state.global_step,
+            num_processes=distributed.num_processes(),
+            **extra,
         )
         log.info("%s adapter written to %s", stage, adapter)
     distributed.wait_for_everyone()

@@ -86,7 +86,7 @@ def find_adapter(cfg: RunConfig, which: str) -> Path | None:
         if not is_adapter(path):
             raise UserError(f"adapter '{which}' not found: expected {' and '.join(ADAPTER_FILES)} in that folder.")
         return path
-    for stage in (("grpo", "sft") if which == "latest" else (which,)):
+    for stage in ("grpo", "sft") if which == "latest" else (which,):
         for name in ("adapter", "adapter.prev"):  # .prev survives a kill between the two renames
             path = stage_dir(cfg, stage) / name
             if is_adapter(path):
