@@ -56,7 +56,7 @@ setup: $(VENV)/.installed ## create .venv with the CPU stack (torch 2.13.0 CPU)
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(VPY) -m pip install -q --upgrade pip
-	PIP_RETRIES=0 $(VPY) -m pip install -q --no-deps --extra-index-url $(TORCH_CPU_INDEX) "torch==2.13.0+cpu"
+	PIP_RETRIES=0 $(VPY) -m pip install -q --no-deps --extra-index-url $(TORCH_CPU_INDEX) "torch==$(TORCH_VERSION)+cpu"
 	$(VPY) -m pip install -q -e ".[dev]"
 	@touch $@
 

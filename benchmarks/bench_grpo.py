@@ -267,6 +267,26 @@ class Timer:
 # Variants (each in its own process)
 
 
+def unsloth_lora_model(model_dir: Path, max_seq_length: int) -> tuple[Any, Any]:
+    """Unsloth's defaults for the peer rows: FastLanguageModel, the workload's LoRA, its checkpointing."""
+    import torch
+    from unsloth import FastLanguageModel
+
+    model, tok = FastLanguageModel.from_pretrained(
+        str(model_dir), max_seq_length=max_seq_length, dtype=torch.bfloat16, load_in_4bit=False, fast_inference=False
+    )
+    model = FastLanguageModel.get_peft_model(
+        model,
+        r=32,
+        lora_alpha=64,
+        lora_dropout=0.0,
+        target_modules=TARGETS,
+        use_gradient_checkpointing="unsloth",
+        random_state=3407,
+    )
+    return model, tok
+
+
 def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bool = False) -> dict[str, Any]:
     import torch
 
@@ -274,24 +294,7 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
     tmp = tempfile.mkdtemp(prefix="bench-grpo-")
     n_steps = total + 1 if profile else total
     if variant == "grpo-unsloth":
-        from unsloth import FastLanguageModel  # first: it patches TRL
-
-        model, tok = FastLanguageModel.from_pretrained(
-            str(model_dir),
-            max_seq_length=PROMPT_LEN + COMPLETION_LEN,
-            dtype=torch.bfloat16,
-            load_in_4bit=False,
-            fast_inference=False,
-        )
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=32,
-            lora_alpha=64,
-            lora_dropout=0.0,
-            target_modules=TARGETS,
-            use_gradient_checkpointing="unsloth",
-            random_state=3407,
-        )
+        model, tok = unsloth_lora_model(model_dir, PROMPT_LEN + COMPLETION_LEN)  # first: Unsloth patches TRL
         from trl import GRPOTrainer
 
         cls, args = GRPOTrainer, grpo_args(tmp, n_steps)
@@ -351,20 +354,7 @@ def run_sft(variant: str, model_dir: Path, warmup: int, steps: int) -> dict[str,
     extra: dict[str, Any] = {}
     peft_config = None
     if variant == "sft-unsloth":
-        from unsloth import FastLanguageModel
-
-        model, tok = FastLanguageModel.from_pretrained(
-            str(model_dir), max_seq_length=SFT_LEN, dtype=torch.bfloat16, load_in_4bit=False
-        )
-        model = FastLanguageModel.get_peft_model(
-            model,
-            r=32,
-            lora_alpha=64,
-            lora_dropout=0.0,
-            target_modules=TARGETS,
-            use_gradient_checkpointing="unsloth",
-            random_state=3407,
-        )
+        model, tok = unsloth_lora_model(model_dir, SFT_LEN)
     else:
         from peft import LoraConfig
         from transformers import AutoModelForCausalLM, AutoTokenizer

@@ -48,3 +48,18 @@ def tiny_overrides(tiny_model_dir: Path) -> list[str]:
         "eval.num_samples=1",
         "infer.max_new_tokens=16",
     ]
+
+
+@pytest.fixture(scope="module")
+def sft_volume(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+    """A checkpoint volume holding a real one-step SFT run of configs/tiny.yaml (adapter, checkpoint,
+    run record), made once per test module for tests that need earlier work to start from."""
+    from trainer.cli import main
+
+    volume = tmp_path_factory.mktemp("sft-volume")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.chdir(ROOT)
+        mp.setenv("CHECKPOINT_DIR", str(volume))
+        args = ["--set", f"model.name={tiny_model_dir}", "--set", "sft.max_steps=1", "--set", "report_to=[]"]
+        assert main(["sft", "--config", "configs/tiny.yaml", *args]) == 0
+    return volume

@@ -40,14 +40,9 @@ def error_line(err: str) -> str:
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+def trained(sft_volume: Path) -> Path:
     """A volume holding earlier work: a real one-step SFT run (adapter, checkpoint, run record)."""
-    volume = tmp_path_factory.mktemp("trained")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ROOT)
-        mp.setenv("CHECKPOINT_DIR", str(volume))
-        assert run("sft", [f"model.name={tiny_model_dir}", "sft.max_steps=1", "report_to=[]"]) == 0
-    return volume
+    return sft_volume
 
 
 @pytest.fixture

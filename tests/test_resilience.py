@@ -37,14 +37,9 @@ def run(stage: str, overrides: list[str]) -> int:
 
 
 @pytest.fixture(scope="module")
-def sft_adapter(tmp_path_factory: pytest.TempPathFactory, tiny_model_dir: Path) -> Path:
+def sft_adapter(sft_volume: Path) -> Path:
     """A real one-step SFT adapter for GRPO to start from."""
-    volume = tmp_path_factory.mktemp("sft-volume")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.chdir(ROOT)
-        mp.setenv("CHECKPOINT_DIR", str(volume))
-        assert run("sft", [f"model.name={tiny_model_dir}", "sft.max_steps=1", "report_to=[]"]) == 0
-    return volume / "tiny/sft/adapter"
+    return sft_volume / "tiny/sft/adapter"
 
 
 @pytest.fixture
