@@ -78,6 +78,39 @@ def test_greedy_tokens_and_logprobs_equal_generate(tiny_model_dir: Path) -> None
     check_against_generate(model, tok, 24, tok.eos_token_id)
 
 
+def test_fused_base_weights_stay_the_models_own(tiny_model_dir: Path) -> None:
+    """The engine lays q/k/v and gate/up out in one buffer each: the model's values, parameters and
+    outputs are unchanged, and a second engine reuses the layout instead of making another."""
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    ids = tok(PROMPTS[0])["input_ids"]
+    with torch.no_grad():
+        before = model(torch.tensor([ids])).logits
+    layer = model.base_model.model.model.layers[1]
+    groups = [
+        [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+        [layer.mlp.gate_proj, layer.mlp.up_proj],
+    ]
+    values = [[m.base_layer.weight.clone() for m in g] for g in groups]
+    params = {n: p.shape for n, p in model.named_parameters()}
+    engine = RolloutEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id)
+    engine.generate([ids], 4, Sampling(do_sample=False))
+    for group, vals in zip(groups, values, strict=True):
+        weights = [m.base_layer.weight for m in group]
+        for w, v in zip(weights, vals, strict=True):
+            assert torch.equal(w, v) and w.is_contiguous()
+        for a, b in zip(weights, weights[1:], strict=False):  # consecutive rows of one buffer
+            assert b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+    assert {n: p.shape for n, p in model.named_parameters()} == params
+    with torch.no_grad():
+        assert torch.equal(model(torch.tensor([ids])).logits, before)
+    fused = layer.self_attn.q_proj.base_layer._rollout_fused
+    RolloutEngine(model, eos_token_ids=[tok.eos_token_id], pad_token_id=tok.pad_token_id).generate(
+        [ids], 4, Sampling(do_sample=False)
+    )
+    assert layer.self_attn.q_proj.base_layer._rollout_fused is fused
+    assert layer.self_attn.q_proj.base_layer.weight.data_ptr() == fused.data_ptr()
+
+
 def test_eos_ends_a_row_like_generate(tiny_model_dir: Path) -> None:
     """Declare a token that greedy decoding emits mid-way the EOS: rows must stop exactly there."""
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")

@@ -93,6 +93,10 @@ def main(cfg: RunConfig) -> Path:
         processing_class=tokenizer,
     )
     log.info("GRPO trainer: %s.%s", type(trainer).__module__, type(trainer).__name__)
+    if cfg.backend == "unsloth" and not vllm:
+        from trainer.unsloth_backend import rollouts_in_inference_mode
+
+        rollouts_in_inference_mode(trainer, cfg)
     report_overrides(trainer.args, requested)
     samples = stage_dir(cfg, "grpo") / "completions.jsonl"
     trainer.add_callback(completion_samples_callback(trainer, samples, g.log_completions_steps))

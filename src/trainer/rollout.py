@@ -7,7 +7,9 @@ so it reaches a small fraction of what the GPU can do. Here the decode step for 
 bucket and replayed per token; all state lives in fixed-shape buffers on the device.
 
 What is shared with the model being trained: the decoder's own modules and base weights, read in
-place (no copy of the model). The LoRA factors are re-read from the live PEFT modules at every
+place (no copy of the model). The first engine moves the frozen base weights of q/k/v and of
+gate/up into one buffer per group, each module's weight becoming a slice of it (`_fuse`), so that
+each group's base product is one GEMM; values and modules stay as they were. The LoRA factors are re-read from the live PEFT modules at every
 `generate` call into small graph-owned buffers, so a rollout always samples from the adapter as it
 is at that step. They are cast to the compute dtype: bf16 GEMMs run on the tensor cores, while
 PEFT's float32 factors ran as float32 GEMMs that took 2.2 of the 8.6 ms of a Qwen3-4B decode step
@@ -244,9 +246,55 @@ class _Group:
     splits: list[int]  # output features of each projection
     a: torch.Tensor | None  # [sum of ranks, in]: the A factors stacked
     b: torch.Tensor | None  # [sum of outputs, sum of ranks]: the B factors x scale, block-diagonal
+    fused: torch.Tensor | None = None  # [sum of outputs, in]: the base weights, one buffer (see _fuse)
 
     def lora(self, x: torch.Tensor | None) -> torch.Tensor | None:
         return None if self.a is None else F.linear(F.linear(x, self.a), self.b)
+
+    def base(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """Each projection's base output: one GEMM over the fused weights where there are some."""
+        if self.fused is not None:
+            return list(F.linear(x, self.fused).split(self.splits, -1))
+        return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
+
+
+def _fuse(bases: list[Any]) -> torch.Tensor | None:
+    """Move the frozen base weights of projections that share an input (q/k/v, gate/up) into one
+    buffer, each module's weight becoming a row slice of it, and return the buffer.
+
+    Why: at decode batch sizes a GEMM reads its weights once, and one GEMM over [6144, 2560] runs
+    closer to the memory bandwidth than three over 4096, 1024 and 1024 rows. The model keeps its
+    modules and values (the slices are contiguous, training reads them as before) and no weight is
+    copied twice: each old weight tensor is freed once its slice replaces it. Not done for weights
+    that train or projections with a bias."""
+    if len(bases) < 2 or any(b.bias is not None or b.weight.requires_grad for b in bases):
+        return None
+    weights = [b.weight for b in bases]
+    first = weights[0]
+    rows = sum(w.shape[0] for w in weights)
+    laid_out = getattr(bases[0], "_rollout_fused", None)
+    if laid_out is not None and laid_out.shape[0] == rows:
+        offsets = [laid_out[i:].data_ptr() for i in _row_offsets(weights)]
+        if offsets == [w.data_ptr() for w in weights]:
+            return laid_out  # done by an earlier engine (or the last rebuild of this one)
+    if len({(w.shape[1], w.dtype, w.device) for w in weights}) > 1:
+        return None
+    fused = torch.empty((rows, first.shape[1]), dtype=first.dtype, device=first.device)
+    with torch.no_grad():
+        for base, row in zip(bases, _row_offsets(weights), strict=True):
+            part = fused[row : row + base.weight.shape[0]]
+            part.copy_(base.weight)
+            base.weight.data = part
+    bases[0]._rollout_fused = fused
+    return fused
+
+
+def _row_offsets(weights: list[torch.Tensor]) -> list[int]:
+    offsets, row = [], 0
+    for w in weights:
+        offsets.append(row)
+        row += w.shape[0]
+    return offsets
 
 
 class _Adapters:
@@ -269,7 +317,8 @@ class _Adapters:
             for name in _active_adapters(m) if hasattr(m, "lora_A") else []:
                 terms.append((row, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
             row += out
-        group = _Group([b.weight for b in bases], [b.bias for b in bases], splits, None, None)
+        fused = _fuse(bases)
+        group = _Group([b.weight for b in bases], [b.bias for b in bases], splits, None, None, fused)
         if terms:
             ref = terms[0][1]
             rank = sum(t[1].shape[0] for t in terms)
@@ -462,7 +511,7 @@ class RolloutEngine:
         h = norm(x, first.weight, first.variance_epsilon)
         for i, layer in enumerate(self.layers):
             attn, (g_qkv, g_o, g_gu, g_down) = layer.self_attn, groups[i]
-            q, k, v = (F.linear(h, w, b) for w, b in zip(g_qkv.weights, g_qkv.biases, strict=True))
+            q, k, v = g_qkv.base(h)
             qn, kn = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
             q, kv = qkv(
                 q,
@@ -488,7 +537,7 @@ class RolloutEngine:
             x, h = add_norm(
                 x, F.linear(o, g_o.weights[0], g_o.biases[0]), g_o.lora(o), post.weight, post.variance_epsilon
             )
-            gate, up = (F.linear(h, w, b) for w, b in zip(g_gu.weights, g_gu.biases, strict=True))
+            gate, up = g_gu.base(h)
             a = silu_mul(gate, up, g_gu.lora(h), g_gu.splits)
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.decoder.norm
             x, h = add_norm(

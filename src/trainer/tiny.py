@@ -56,19 +56,25 @@ def build_tokenizer(vocab_size: int = 1024):
     return fast
 
 
-def build_model(vocab_size: int, seed: int = 0):
+TINY_SHAPE = {
+    "hidden_size": 128,
+    "intermediate_size": 384,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 32,
+}
+
+
+def build_model(vocab_size: int, seed: int = 0, **shape: int):
+    """A random Qwen3 of the tiny shape (`shape` overrides its sizes, e.g. hidden_size=256)."""
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
     torch.manual_seed(seed)
     config = Qwen3Config(
         vocab_size=vocab_size,
-        hidden_size=128,
-        intermediate_size=384,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        head_dim=32,
+        **{**TINY_SHAPE, **shape},
         max_position_embeddings=2048,
         tie_word_embeddings=True,
         eos_token_id=None,

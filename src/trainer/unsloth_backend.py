@@ -69,6 +69,30 @@ def _gradient_checkpointing(cfg: RunConfig) -> str | bool:
     return "unsloth" if cfg.lora.gradient_checkpointing else False
 
 
+def rollouts_in_inference_mode(trainer: Any, cfg: RunConfig) -> None:
+    """Generate GRPO rollouts in Unsloth's inference mode (KV cache on) when vLLM is off.
+
+    Unsloth's GRPO trainer calls `generate` on the model as it trains: in training mode, with
+    gradient checkpointing on, where transformers turns the KV cache off, so every new token
+    recomputes the whole sequence. On the Qwen3-4B shape with 1833-token completions its first step
+    had not finished after 7 minutes (docs/gpu.md). Around each rollout the model goes to
+    `FastLanguageModel.for_inference` and back to `for_training` with the recipe's checkpointing."""
+    from unsloth import FastLanguageModel
+
+    original = trainer._generate_single_turn
+    checkpointing = _gradient_checkpointing(cfg)
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        FastLanguageModel.for_inference(trainer.model)
+        try:
+            return original(*args, **kwargs)
+        finally:
+            FastLanguageModel.for_training(trainer.model, use_gradient_checkpointing=checkpointing)
+
+    trainer._generate_single_turn = generate
+    log.info("GRPO rollouts: Unsloth's generate in inference mode (KV cache), back to training mode after")
+
+
 def _load_base(cfg: RunConfig, fast_inference: bool, max_lora_rank: int) -> tuple[Any, Any]:
     """FastLanguageModel.from_pretrained with the recipe's model settings, and the formatted tokenizer."""
     from unsloth import FastLanguageModel
