@@ -2,7 +2,7 @@
 
     python benchmarks/gpu_grpo_step.py --config configs/qwen3-4b.yaml --set grpo.save_steps=3 ...
 
-Takes the CLI's arguments (run the sft stage of the same run first: GRPO starts from its adapter).
+Takes the CLI's arguments (GRPO starts from the run's SFT adapter, or from grpo.start_from).
 Runs the stage in this process, so that torch's peak-memory counters cover it, with Unsloth imported
 first as the CLI does; then prints TRL's `step_time` of each step (rollout generation, rewards,
 forward and backward) and torch's peak allocated and reserved GPU memory for the whole stage (model
@@ -30,9 +30,20 @@ def main(argv: list[str]) -> int:
         from trainer.unsloth_backend import activate
 
         activate()
+    import threading
+
     import torch
 
-    rc = cli_main(["grpo", *argv])
+    def report_peak() -> None:  # so that a run stopped mid-way still tells its peak so far
+        while not done.wait(30):
+            print(f"[peak so far] {torch.cuda.max_memory_allocated() / 2**30:.1f} GiB allocated", flush=True)
+
+    done = threading.Event()
+    threading.Thread(target=report_peak, daemon=True).start()
+    try:
+        rc = cli_main(["grpo", *argv])
+    finally:
+        done.set()
     if rc:
         return rc
     checkpoints = sorted(

@@ -6,7 +6,7 @@ head_dim 128, intermediate 9728, vocab 151936, tied embeddings), bfloat16, saved
 `save_pretrained` so the trainer loads it like a hub model. A random model never emits EOS, so
 every completion runs to max_completion_length: the slowest step the recipe can take.
 
-    python benchmarks/make_qwen3_4b_random.py OUT        # OUT/model/, OUT/prompts.jsonl (GPU: builds there)
+    python benchmarks/make_qwen3_4b_random.py OUT        # OUT/model/, OUT/adapter/ (fresh LoRA), OUT/prompts.jsonl
     python benchmarks/make_qwen3_4b_random.py OUT --no-model   # tokenizer and prompts only (CPU)
 
 The tokenizer is the embedded tiny one (trainer.tiny) with filler tokens appended to 151936 entries,
@@ -109,7 +109,18 @@ def build_model(tokenizer: Any, out: Path) -> int:
     model.generation_config.eos_token_id = tokenizer.eos_token_id
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.save_pretrained(out)
-    return sum(p.numel() for p in model.parameters())
+    n = sum(p.numel() for p in model.parameters())
+    # A fresh LoRA of the recipe's shape (B = 0, so the model's outputs are the base's), for GRPO to
+    # start from without an SFT stage: on a fresh GPU machine, sft + 3 GRPO steps at the recipe's
+    # lengths take longer than one device call allows (docs/gpu.md).
+    from peft import LoraConfig, get_peft_model
+
+    from trainer.config import LORA_TARGETS
+
+    lora = LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=LORA_TARGETS, task_type="CAUSAL_LM")
+    get_peft_model(model, lora).save_pretrained(out.parent / "adapter")
+    tokenizer.save_pretrained(out.parent / "adapter")
+    return n
 
 
 def main() -> None:
