@@ -9,8 +9,8 @@ bucket and replayed per token; all state lives in fixed-shape buffers on the dev
 What is shared with the model being trained: the decoder's own modules and base weights, read in
 place (no copy of the model). The first engine moves the frozen base weights of q/k/v and of
 gate/up into one buffer per group, each module's weight becoming a slice of it (`_fuse`), so that
-each group's base product is one GEMM; values and modules stay as they were. The LoRA factors are re-read from the live PEFT modules at every
-`generate` call into small graph-owned buffers, so a rollout always samples from the adapter as it
+each group's base product is one GEMM; values and modules stay as they were. The LoRA factors are
+re-read from the live PEFT modules at every `generate` call into small graph-owned buffers, so a rollout always samples from the adapter as it
 is at that step. They are cast to the compute dtype: bf16 GEMMs run on the tensor cores, while
 PEFT's float32 factors ran as float32 GEMMs that took 2.2 of the 8.6 ms of a Qwen3-4B decode step
 (docs/benchmarks.md). The A factors of projections that share an input are stacked and their B
@@ -262,8 +262,9 @@ def _fuse(bases: list[Any]) -> torch.Tensor | None:
     """Move the frozen base weights of projections that share an input (q/k/v, gate/up) into one
     buffer, each module's weight becoming a row slice of it, and return the buffer.
 
-    Why: at decode batch sizes a GEMM reads its weights once, and one GEMM over [6144, 2560] runs
-    closer to the memory bandwidth than three over 4096, 1024 and 1024 rows. The model keeps its
+    Why: at decode batch sizes a GEMM's time is reading its weights, and one launch over [6144, 2560]
+    should get closer to the memory bandwidth than three over 4096, 1024 and 1024 rows (not yet
+    timed like-for-like: docs/benchmarks.md). The model keeps its
     modules and values (the slices are contiguous, training reads them as before) and no weight is
     copied twice: each old weight tensor is freed once its slice replaces it. Not done for weights
     that train or projections with a bias."""
