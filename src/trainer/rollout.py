@@ -28,6 +28,7 @@ Supported: decoder-only Llama-family layouts (Qwen3, Qwen2, Llama) with plain Lo
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 from collections.abc import Sequence
@@ -272,17 +273,17 @@ def _fuse(bases: list[Any]) -> torch.Tensor | None:
         return None
     weights = [b.weight for b in bases]
     first = weights[0]
+    offsets = _row_offsets([w.shape[0] for w in weights])
     rows = sum(w.shape[0] for w in weights)
     laid_out = getattr(bases[0], "_rollout_fused", None)
     if laid_out is not None and laid_out.shape[0] == rows:
-        offsets = [laid_out[i:].data_ptr() for i in _row_offsets(weights)]
-        if offsets == [w.data_ptr() for w in weights]:
+        if [laid_out[i:].data_ptr() for i in offsets] == [w.data_ptr() for w in weights]:
             return laid_out  # done by an earlier engine (or the last rebuild of this one)
     if len({(w.shape[1], w.dtype, w.device) for w in weights}) > 1:
         return None
     fused = torch.empty((rows, first.shape[1]), dtype=first.dtype, device=first.device)
     with torch.no_grad():
-        for base, row in zip(bases, _row_offsets(weights), strict=True):
+        for base, row in zip(bases, offsets, strict=True):
             part = fused[row : row + base.weight.shape[0]]
             part.copy_(base.weight)
             base.weight.data = part
@@ -290,12 +291,9 @@ def _fuse(bases: list[Any]) -> torch.Tensor | None:
     return fused
 
 
-def _row_offsets(weights: list[torch.Tensor]) -> list[int]:
-    offsets, row = [], 0
-    for w in weights:
-        offsets.append(row)
-        row += w.shape[0]
-    return offsets
+def _row_offsets(sizes: list[int]) -> list[int]:
+    """Where each projection's rows start in its group's stacked outputs."""
+    return [0, *itertools.accumulate(sizes)][:-1]
 
 
 class _Adapters:
@@ -313,18 +311,16 @@ class _Adapters:
         bases = [m.base_layer if hasattr(m, "lora_A") else m for m in modules]
         splits = [base.weight.shape[0] for base in bases]
         terms = []  # (row offset of the projection's outputs, A, B, scale)
-        row = 0
-        for m, out in zip(modules, splits, strict=True):
+        for m, row in zip(modules, _row_offsets(splits), strict=True):
             for name in _active_adapters(m) if hasattr(m, "lora_A") else []:
                 terms.append((row, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
-            row += out
         fused = _fuse(bases)
         group = _Group([b.weight for b in bases], [b.bias for b in bases], splits, None, None, fused)
         if terms:
             ref = terms[0][1]
             rank = sum(t[1].shape[0] for t in terms)
             group.a = torch.empty((rank, ref.shape[1]), dtype=self.dtype, device=ref.device)
-            group.b = torch.zeros((row, rank), dtype=self.dtype, device=ref.device)
+            group.b = torch.zeros((sum(splits), rank), dtype=self.dtype, device=ref.device)
             col = 0
             for row0, A, B, scale in terms:
                 r = A.shape[0]
