@@ -32,20 +32,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+from qwen3_4b_shape import QWEN3_4B  # this folder (the script's own) is on sys.path
+
 ROOT = Path(__file__).resolve().parent.parent
-SHAPE = dict(
-    hidden_size=2560,
-    num_hidden_layers=36,
-    num_attention_heads=32,
-    num_key_value_heads=8,
-    head_dim=128,
-    intermediate_size=9728,
-    vocab_size=151936,
-    tie_word_embeddings=True,
-    max_position_embeddings=40960,
-    rope_theta=1_000_000.0,
-    rms_norm_eps=1e-6,
-)
+SHAPE = dict(QWEN3_4B)
 SMOKE = bool(os.environ.get("BENCH_SMOKE"))
 if SMOKE:  # a toy shape, to check this script on a CPU (no figures)
     SHAPE |= dict(

@@ -25,11 +25,13 @@ import random
 from pathlib import Path
 from typing import Any
 
+from qwen3_4b_shape import QWEN3_4B  # this folder (the script's own) is on sys.path
+
 from trainer.data import prompt_length
 from trainer.format import CHAT_TEMPLATE, TAGS, prompt_messages
 from trainer.tiny import EOS, PAD, build_tokenizer
 
-VOCAB = 151936
+VOCAB = QWEN3_4B["vocab_size"]
 
 
 def wide_tokenizer(vocab_size: int = VOCAB) -> Any:
@@ -87,21 +89,7 @@ def build_model(tokenizer: Any, out: Path) -> int:
     import torch
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    config = Qwen3Config(
-        vocab_size=VOCAB,
-        hidden_size=2560,
-        intermediate_size=9728,
-        num_hidden_layers=36,
-        num_attention_heads=32,
-        num_key_value_heads=8,
-        head_dim=128,
-        max_position_embeddings=40960,
-        rope_theta=1_000_000.0,
-        rms_norm_eps=1e-6,
-        tie_word_embeddings=True,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-    )
+    config = Qwen3Config(**QWEN3_4B, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
     torch.manual_seed(0)
     torch.set_default_dtype(torch.bfloat16)  # initialise in bf16: half the memory and time of fp32
     with torch.device("cuda" if torch.cuda.is_available() else "cpu"):
