@@ -2,8 +2,10 @@
 # The GPU checks recorded in docs/gpu.md, run from the repo root on a machine with a CUDA GPU.
 #   scripts/gpu-check.sh tests   [OUT]   make test-gpu's tests: the tiny model through every stage
 #                                        on the unsloth backend, and the plain transformers/PEFT reload
+#                                        (GPU_CHECK_K=EXPR: only the tests pytest -k EXPR selects)
 #   scripts/gpu-check.sh bench4b [OUT]   a random Qwen3-4B-shaped model at the recipe's lengths:
-#                                        GRPO (3 steps) timed, peak memory (BENCH4B_SFT=1: sft first)
+#                                        GRPO (3 steps) timed, peak memory (BENCH4B_SFT=1: sft first);
+#                                        the model in /tmp/q4b is built once per machine and reused
 # Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
 # /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
@@ -26,7 +28,8 @@ print("torch", torch.__version__, "transformers", transformers.__version__, "trl
 case $what in
 tests)
   # Each stage's output lands in OUT as it runs (tests/test_gpu.py), so a killed run still tells where it was.
-  TRAINER_GPU_TEST_LOGS=$out $py -m pytest -v -ra -m gpu --durations=0 tests/ 2>&1 | tee "$out/tests.log"
+  TRAINER_GPU_TEST_LOGS=$out $py -m pytest -v -ra -m gpu --durations=0 ${GPU_CHECK_K:+-k "$GPU_CHECK_K"} tests/ 2>&1 \
+    | tee "$out/tests.log"
   ;;
 bench4b)
   # Device-level memory every second, beside torch's own peak counters (benchmarks/gpu_grpo_step.py).
@@ -34,9 +37,15 @@ bench4b)
   smi=$!
   trap 'kill $smi' EXIT
   t=$SECONDS
-  $py benchmarks/make_qwen3_4b_random.py /tmp/q4b 2>&1 | tee "$out/build.log"
+  # A second call on the same (still warm) machine skips the build: one call's 600 s then all go to GRPO.
+  if [ -f /tmp/q4b/adapter/adapter_config.json ]; then
+    echo "build: reusing /tmp/q4b"
+  else
+    $py benchmarks/make_qwen3_4b_random.py /tmp/q4b 2>&1 | tee "$out/build.log"
+  fi
   echo "build: $((SECONDS - t)) s"
   export CHECKPOINT_DIR=/tmp/q4b/checkpoints
+  rm -rf "$CHECKPOINT_DIR"  # a rerun times fresh steps, not a resume of the last run's checkpoint
   sets=(--set model.name=/tmp/q4b/model --set "report_to=[]"
         --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.max_steps=2
         --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
