@@ -5,7 +5,9 @@
 #                                        (GPU_CHECK_K=EXPR: only the tests pytest -k EXPR selects)
 #   scripts/gpu-check.sh bench4b [OUT]   a random Qwen3-4B-shaped model at the recipe's lengths:
 #                                        GRPO (3 steps) timed, peak memory (BENCH4B_SFT=1: sft first);
-#                                        the model in /tmp/q4b is built once per machine and reused
+#                                        the model in /tmp/q4b is built once per machine and reused;
+#                                        BENCH4B_RESUME=1: a checkpoint every step, and a rerun on the
+#                                        same machine resumes the last run (steps over two calls)
 # Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
 # /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
@@ -45,11 +47,16 @@ bench4b)
   fi
   echo "build: $((SECONDS - t)) s"
   export CHECKPOINT_DIR=/tmp/q4b/checkpoints
-  rm -rf "$CHECKPOINT_DIR"  # a rerun times fresh steps, not a resume of the last run's checkpoint
+  save=3
+  if [ "${BENCH4B_RESUME:-0}" = 1 ]; then
+    save=1  # the product resumes from the newest checkpoint: steps the call limit cut off are not lost
+  else
+    rm -rf "$CHECKPOINT_DIR"  # a rerun times fresh steps, not a resume of the last run's checkpoint
+  fi
   sets=(--set model.name=/tmp/q4b/model --set "report_to=[]"
         --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.max_steps=2
         --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
-        --set grpo.max_steps=3 --set grpo.save_steps=3 --set grpo.log_completions=false)
+        --set grpo.max_steps=3 --set grpo.save_steps=$save --set grpo.log_completions=false)
   # GRPO starts from the fresh LoRA the build wrote: on a fresh machine, build + sft + 3 GRPO steps
   # at these lengths outlast one 600 s device call (docs/gpu.md). BENCH4B_SFT=1 runs sft first.
   start=(--set grpo.start_from=/tmp/q4b/adapter)
