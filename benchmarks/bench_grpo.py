@@ -312,6 +312,8 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
         cls, args = trainer_class(cfg, GRPOTrainer), grpo_args(tmp, n_steps)
     if os.environ.get("BENCH_LEAN_LORA") == "0":  # diagnostics: PEFT's own LoRA forward in training
         cls.lean_lora = False
+    if os.environ.get("BENCH_COMPILED_GLUE") == "0":  # diagnostics: eager norms / SwiGLU / rotary in training
+        cls.compiled_glue = False
     timer = Timer()
     timer.profile_step = total if profile else None  # one more step, profiled and not timed
     trainer = cls(
@@ -401,19 +403,29 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
     rng = np.random.default_rng(0)
     prompts = [rng.integers(0, EOS_ID, PROMPT_LEN).tolist() for _ in range(PROMPTS)]
     prompts = [p for p in prompts for _ in range(GENERATIONS)]
-    engine = RolloutEngine(model, eos_token_ids=[EOS_ID], pad_token_id=EOS_ID)
     sampling = Sampling(temperature=1.0, min_p=0.1)
-    times = []
-    if os.environ.get("BENCH_DECODE_ATTENTION"):
-        engine.decode_attention = os.environ["BENCH_DECODE_ATTENTION"]
-    for i in range(repeats + 1):
-        torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        out = engine.generate(prompts, COMPLETION_LEN, sampling)
-        torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-        print(f"rollout {i}: {times[-1]:.3f} s, {sum(map(len, out.completion_ids))} tokens", flush=True)
-    med = statistics.median(times[1:])
+    # Like for like in one process: the engine without the weight layout (one GEMM per projection
+    # and LoRA factor), then with it (_fuse: one GEMM per group for the base weights and LoRA A).
+    per_variant = {}
+    for fuse in (False, True):
+        engine = RolloutEngine(model, eos_token_ids=[EOS_ID], pad_token_id=EOS_ID, fuse=fuse)
+        if os.environ.get("BENCH_DECODE_ATTENTION"):
+            engine.decode_attention = os.environ["BENCH_DECODE_ATTENTION"]
+        times = []
+        for i in range(repeats + 1):
+            torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            out = engine.generate(prompts, COMPLETION_LEN, sampling)
+            torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+            n = sum(map(len, out.completion_ids))
+            print(f"fuse={fuse} rollout {i}: {times[-1]:.3f} s, {n} tokens", flush=True)
+        per_variant["fused" if fuse else "unfused"] = statistics.median(times[1:])
+        if not fuse:
+            del engine
+            torch.cuda.empty_cache()
+    print(f"rollout medians: {json.dumps(per_variant)}", flush=True)
+    med = per_variant["fused"]
     # Where a decode step's time goes: one step run eagerly (no graph) under the profiler.
     from torch.profiler import ProfilerActivity, profile
 
@@ -428,6 +440,7 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
         "rollout_tok_s": len(prompts) * COMPLETION_LEN / med,
         "first_s": times[0],
         "ms_per_token_step": 1000 * med / COMPLETION_LEN,
+        "unfused_rollout_s": per_variant["unfused"],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
 

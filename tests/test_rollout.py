@@ -9,6 +9,7 @@ full forward pass, which is what the GRPO loss recomputes.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
 import pytest
@@ -79,8 +80,9 @@ def test_greedy_tokens_and_logprobs_equal_generate(tiny_model_dir: Path) -> None
 
 
 def test_fused_base_weights_stay_the_models_own(tiny_model_dir: Path) -> None:
-    """The engine lays q/k/v and gate/up out in one buffer each: the model's values, parameters and
-    outputs are unchanged, and a second engine reuses the layout instead of making another."""
+    """The engine lays each group (q/k/v, o, gate/up, down) out in one buffer with the group's LoRA
+    A factors in its last rows: the model's values, parameters and outputs are unchanged, the A rows
+    are the live adapter's, and a second engine reuses the layout instead of making another."""
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
     ids = tok(PROMPTS[0])["input_ids"]
     with torch.no_grad():
@@ -88,7 +90,9 @@ def test_fused_base_weights_stay_the_models_own(tiny_model_dir: Path) -> None:
     layer = model.base_model.model.model.layers[1]
     groups = [
         [layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj],
+        [layer.self_attn.o_proj],
         [layer.mlp.gate_proj, layer.mlp.up_proj],
+        [layer.mlp.down_proj],
     ]
     values = [[m.base_layer.weight.clone() for m in g] for g in groups]
     params = {n: p.shape for n, p in model.named_parameters()}
@@ -100,6 +104,10 @@ def test_fused_base_weights_stay_the_models_own(tiny_model_dir: Path) -> None:
             assert torch.equal(w, v) and w.is_contiguous()
         for a, b in zip(weights, weights[1:], strict=False):  # consecutive rows of one buffer
             assert b.data_ptr() == a.data_ptr() + a.numel() * a.element_size()
+        fused = group[0].base_layer._rollout_fused
+        assert fused.data_ptr() == weights[0].data_ptr()
+        a_rows = torch.cat([m.lora_A["default"].weight for m in group])
+        assert torch.equal(fused[sum(w.shape[0] for w in weights) :], a_rows)
     assert {n: p.shape for n, p in model.named_parameters()} == params
     with torch.no_grad():
         assert torch.equal(model(torch.tensor([ids])).logits, before)
@@ -213,6 +221,38 @@ def test_lean_lora_equals_peft_under_autocast(tiny_model_dir: Path) -> None:
     torch.testing.assert_close(got_logits, want_logits, atol=0.05, rtol=0.02)
     for got, want in zip(got_grads, want_grads, strict=True):
         assert (got - want).norm() <= 0.03 * want.norm()
+
+
+def test_compiled_glue_equals_eager_training(tiny_model_dir: Path) -> None:
+    """The training step's compiled norms / SwiGLU / rotary (here through torch.compile's aot_eager
+    backend, which traces forward and backward like inductor but needs no C++ compiler): the same
+    logits and LoRA gradients as eager, with gradient checkpointing on; everything restored after."""
+    import transformers.models.qwen3.modeling_qwen3 as qwen3
+
+    from trainer.fast_grpo import compiled_glue
+
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    model.train()
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.enable_input_require_grads()
+    rotary = qwen3.apply_rotary_pos_emb
+    runs = []
+    for compiled in (False, True, True):  # the last run: another length, through the same compiled functions
+        ids = tok(PROMPTS[1] if len(runs) < 2 else PROMPTS[0] + PROMPTS[1])["input_ids"]
+        model.zero_grad()
+        with compiled_glue(model, backend="aot_eager") if compiled else contextlib.nullcontext():
+            if compiled:
+                assert qwen3.apply_rotary_pos_emb is not rotary
+                assert "forward" in vars(model.base_model.model.model.norm)
+            logits = model(input_ids=torch.tensor([ids])).logits
+            logits.logsumexp(-1).mean().backward()
+        runs.append((logits.detach(), [p.grad.clone() for n, p in model.named_parameters() if "lora_" in n]))
+    assert qwen3.apply_rotary_pos_emb is rotary and not any("forward" in vars(m) for m in model.modules())
+    (want, want_grads), (got, got_grads) = runs[0], runs[1]
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
+    for g, w in zip(got_grads, want_grads, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-6, rtol=1e-4)
+    assert all(g.abs().sum() > 0 for g in got_grads[1::2])  # B factors got gradients through the glue
 
 
 # ---------------------------------------------------------------------------------------------

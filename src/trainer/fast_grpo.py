@@ -1,17 +1,21 @@
 """TRL's GRPOTrainer with rollouts from `trainer.rollout` (config: `grpo.rollout_engine: fast`).
 
-Two things change. `_generate_single_turn`, where TRL calls `model.generate` on its plain
+Three things change. `_generate_single_turn`, where TRL calls `model.generate` on its plain
 transformers path, samples with the engine instead; where the engine does not apply (vLLM, TRL's
 paged generation, images, repetition penalty or extra generation kwargs, DeepSpeed / FSDP
 sharding, a model the engine does not support), the call goes to TRL unchanged and the reason is
-logged once. And the training step runs PEFT's LoRA layers through `lean_lora` (below), the same
-sum without PEFT's float32 round trip. Tokenisation, rewards, advantages and the loss stay TRL's.
+logged once. The training step runs PEFT's LoRA layers through `lean_lora` (below), the same
+sum without PEFT's float32 round trip; and on a GPU, the decoder's RMSNorms, SwiGLU product and
+rotary embedding through `compiled_glue` (below), the same operations as fused kernels.
+Tokenisation, rewards, advantages and the loss stay TRL's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
+import sys
 import types
 from collections.abc import Iterator
 from typing import Any
@@ -22,7 +26,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
 
 from trainer.config import RunConfig
-from trainer.rollout import RolloutEngine, Sampling, unsupported_reason
+from trainer.rollout import RolloutEngine, Sampling, _rms_norm, _silu_mul, causal_lm, unsupported_reason
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +37,14 @@ class FastGRPOTrainer(GRPOTrainer):
     _rollout_engine: RolloutEngine | None = None
     _rollout_fallback: str | None = None
     lean_lora = True  # run the training step's LoRA layers through lean_lora
+    compiled_glue = True  # on CUDA, run the training step's norms / SwiGLU / rotary compiled (compiled_glue)
 
     def training_step(self, model, inputs, num_items_in_batch):
-        with lean_lora(self.model) if self.lean_lora else contextlib.nullcontext():
+        with contextlib.ExitStack() as stack:
+            if self.lean_lora:
+                stack.enter_context(lean_lora(self.model))
+            if self.compiled_glue and self.accelerator.device.type == "cuda":
+                stack.enter_context(compiled_glue(self.model))
             return super().training_step(model, inputs, num_items_in_batch)
 
     def fast_rollout_reason(self) -> str | None:
@@ -126,6 +135,61 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         xa = F.linear(x, self.lora_A[a].weight).reshape(-1, self.r[a])
         flat = torch.addmm(flat, xa, self.lora_B[a].weight.t(), alpha=self.scaling[a])
     return flat.view(result.shape)
+
+
+@contextlib.contextmanager
+def compiled_glue(model: Any, backend: str = "inductor") -> Iterator[None]:
+    """Within this block the decoder's RMSNorms, its SiLU(gate) * up product and its rotary embedding
+    run as `torch.compile`d functions: the same operations (the norm's float32 round trip included),
+    each fused into one kernel forward and one backward, where eager PyTorch runs each as five to ten
+    kernels that each read and write the whole activation. On Qwen3-4B with 20k tokens a step that
+    is tens of GB of memory traffic per pass, run three times with gradient checkpointing.
+    Shapes are dynamic, so a new sequence length does not recompile. Models whose layers do not
+    look like Llama / Qwen (see `rollout.unsupported_reason`) are left alone."""
+    if unsupported_reason(model) is not None:
+        yield
+        return
+    fns = _glue_functions(backend)
+    lm = causal_lm(model)
+    layers = lm.get_decoder().layers
+    norms = [m for m in lm.modules() if type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")]
+    mlps = [layer.mlp for layer in layers]
+    modeling = {sys.modules[type(layer.self_attn).__module__] for layer in layers}
+    saved_rotary = {mod: mod.apply_rotary_pos_emb for mod in modeling if hasattr(mod, "apply_rotary_pos_emb")}
+    patched = [m for m in [*norms, *mlps] if "forward" not in vars(m)]
+    for m in patched:
+        glue = _compiled_norm_forward if m in norms else _compiled_mlp_forward
+        m.forward = types.MethodType(functools.partial(glue, fns), m)
+    for mod, fn in saved_rotary.items():
+        if fn not in fns["rotary"]:
+            fns["rotary"][fn] = torch.compile(fn, dynamic=True, backend=backend)
+        mod.apply_rotary_pos_emb = fns["rotary"][fn]
+    try:
+        yield
+    finally:
+        for m in patched:
+            del m.forward
+        for mod, fn in saved_rotary.items():
+            mod.apply_rotary_pos_emb = fn
+
+
+_GLUE: dict[str, dict[str, Any]] = {}  # backend -> compiled functions, made once per process
+
+
+def _glue_functions(backend: str) -> dict[str, Any]:
+    if backend not in _GLUE:
+        compile_ = functools.partial(torch.compile, dynamic=True, backend=backend)
+        # The rollout engine's own norm and SiLU product: one definition of each for both paths.
+        _GLUE[backend] = {"norm": compile_(_rms_norm), "silu_mul": compile_(_silu_mul), "rotary": {}}
+    return _GLUE[backend]
+
+
+def _compiled_norm_forward(fns: dict[str, Any], self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
+    return fns["norm"](hidden_states, self.weight, self.variance_epsilon)
+
+
+def _compiled_mlp_forward(fns: dict[str, Any], self: Any, x: torch.Tensor) -> torch.Tensor:
+    return self.down_proj(fns["silu_mul"](self.gate_proj(x), self.up_proj(x), None, []))
 
 
 def trainer_class(cfg: RunConfig, default: type) -> type:

@@ -7,9 +7,10 @@ so it reaches a small fraction of what the GPU can do. Here the decode step for 
 bucket and replayed per token; all state lives in fixed-shape buffers on the device.
 
 What is shared with the model being trained: the decoder's own modules and base weights, read in
-place (no copy of the model). The first engine moves the frozen base weights of q/k/v and of
-gate/up into one buffer per group, each module's weight becoming a slice of it (`_fuse`), so that
-each group's base product is one GEMM; values and modules stay as they were. The LoRA factors are
+place (no copy of the model). The first engine moves the frozen base weights of each group
+(q/k/v, o, gate/up, down) into one buffer with spare rows for the group's LoRA A factors, each
+module's weight becoming a slice of it (`_fuse`), so that one GEMM gives a group's base outputs and
+its x A^T; values and modules stay as they were. The LoRA factors are
 re-read from the live PEFT modules at every `generate` call into small graph-owned buffers, so a rollout always samples from the adapter as it
 is at that step. They are cast to the compute dtype: bf16 GEMMs run on the tensor cores, while
 PEFT's float32 factors ran as float32 GEMMs that took 2.2 of the 8.6 ms of a Qwen3-4B decode step
@@ -247,41 +248,47 @@ class _Group:
     splits: list[int]  # output features of each projection
     a: torch.Tensor | None  # [sum of ranks, in]: the A factors stacked
     b: torch.Tensor | None  # [sum of outputs, sum of ranks]: the B factors x scale, block-diagonal
-    fused: torch.Tensor | None = None  # [sum of outputs, in]: the base weights, one buffer (see _fuse)
+    fused: torch.Tensor | None = None  # the base weights in one buffer, then `a` when folded (see _fuse)
+    folded: bool = False  # `a` is the last rows of `fused`: one GEMM gives the base outputs and x A^T
 
-    def lora(self, x: torch.Tensor | None) -> torch.Tensor | None:
+    def project(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """Each projection's base output, and the group's LoRA term (None without adapters)."""
+        if self.fused is None:
+            base = [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
+            return base, self.lora(x)
+        if not self.folded:
+            return list(F.linear(x, self.fused).split(self.splits, -1)), self.lora(x)
+        *base, xa = F.linear(x, self.fused).split([*self.splits, self.a.shape[0]], -1)
+        return base, F.linear(xa, self.b)
+
+    def lora(self, x: torch.Tensor) -> torch.Tensor | None:
         return None if self.a is None else F.linear(F.linear(x, self.a), self.b)
 
-    def base(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """Each projection's base output: one GEMM over the fused weights where there are some."""
-        if self.fused is not None:
-            return list(F.linear(x, self.fused).split(self.splits, -1))
-        return [F.linear(x, w, b) for w, b in zip(self.weights, self.biases, strict=True)]
 
+def _fuse(bases: list[Any], extra_rows: int) -> torch.Tensor | None:
+    """Move the frozen base weights of projections that share an input (q/k/v, gate/up; o and down
+    alone when `extra_rows`) into one buffer with `extra_rows` spare rows after them (for the
+    group's LoRA A factors), each module's weight becoming a row slice of it; return the buffer.
 
-def _fuse(bases: list[Any]) -> torch.Tensor | None:
-    """Move the frozen base weights of projections that share an input (q/k/v, gate/up) into one
-    buffer, each module's weight becoming a row slice of it, and return the buffer.
-
-    Why: at decode batch sizes a GEMM's time is reading its weights, and one launch over [6144, 2560]
-    should get closer to the memory bandwidth than three over 4096, 1024 and 1024 rows (not yet
-    timed like-for-like: docs/benchmarks.md). The model keeps its
-    modules and values (the slices are contiguous, training reads them as before) and no weight is
-    copied twice: each old weight tensor is freed once its slice replaces it. Not done for weights
-    that train or projections with a bias."""
-    if len(bases) < 2 or any(b.bias is not None or b.weight.requires_grad for b in bases):
+    Why: at decode batch sizes a GEMM's time is reading its weights plus a fixed cost per launch;
+    one GEMM over q/k/v and the A factors replaces four (and gate/up + A three; o or down + A two),
+    144 fewer launches per decode step on Qwen3-4B. The model keeps its modules and values (the
+    slices are contiguous, training reads them as before) and no weight is copied twice: each old
+    weight tensor is freed once its slice replaces it. Not done for weights that train or
+    projections with a bias."""
+    if len(bases) + extra_rows < 2 or any(b.bias is not None or b.weight.requires_grad for b in bases):
         return None
     weights = [b.weight for b in bases]
     first = weights[0]
     offsets = _row_offsets([w.shape[0] for w in weights])
-    rows = sum(w.shape[0] for w in weights)
+    rows = sum(w.shape[0] for w in weights) + extra_rows
     laid_out = getattr(bases[0], "_rollout_fused", None)
     if laid_out is not None and laid_out.shape[0] == rows:
         if [laid_out[i:].data_ptr() for i in offsets] == [w.data_ptr() for w in weights]:
             return laid_out  # done by an earlier engine (or the last rebuild of this one)
     if len({(w.shape[1], w.dtype, w.device) for w in weights}) > 1:
         return None
-    fused = torch.empty((rows, first.shape[1]), dtype=first.dtype, device=first.device)
+    fused = torch.zeros((rows, first.shape[1]), dtype=first.dtype, device=first.device)
     with torch.no_grad():
         for base, row in zip(bases, offsets, strict=True):
             part = fused[row : row + base.weight.shape[0]]
@@ -299,8 +306,8 @@ def _row_offsets(sizes: list[int]) -> list[int]:
 class _Adapters:
     """The model's projections, with the LoRA factors copied into fixed buffers (see module doc)."""
 
-    def __init__(self, layers: Sequence[Any], dtype: torch.dtype) -> None:
-        self.dtype = dtype
+    def __init__(self, layers: Sequence[Any], dtype: torch.dtype, fuse: bool = True) -> None:
+        self.dtype, self.fuse = dtype, fuse
         self.copies: list[tuple[torch.Tensor, float, torch.Tensor]] = []  # (live param, scale, buffer view)
         self.groups = [[self._group(layer, names) for names in PROJECTION_GROUPS] for layer in layers]
         self.signature = self._signature(layers)
@@ -314,12 +321,17 @@ class _Adapters:
         for m, row in zip(modules, _row_offsets(splits), strict=True):
             for name in _active_adapters(m) if hasattr(m, "lora_A") else []:
                 terms.append((row, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
-        fused = _fuse(bases)
+        rank = sum(t[1].shape[0] for t in terms)
+        fold = rank > 0 and all(b.weight.dtype == self.dtype for b in bases)
+        fused = _fuse(bases, rank if fold else 0) if self.fuse else None
         group = _Group([b.weight for b in bases], [b.bias for b in bases], splits, None, None, fused)
         if terms:
             ref = terms[0][1]
-            rank = sum(t[1].shape[0] for t in terms)
-            group.a = torch.empty((rank, ref.shape[1]), dtype=self.dtype, device=ref.device)
+            group.folded = fold and fused is not None
+            if group.folded:
+                group.a = fused[sum(splits) :]
+            else:
+                group.a = torch.empty((rank, ref.shape[1]), dtype=self.dtype, device=ref.device)
             group.b = torch.zeros((sum(splits), rank), dtype=self.dtype, device=ref.device)
             col = 0
             for row0, A, B, scale in terms:
@@ -388,6 +400,7 @@ class RolloutEngine:
         pad_token_id: int,
         cuda_graphs: bool | None = None,
         compile: bool | None = None,  # noqa: A002  (the torch.compile switch; keyword only)
+        fuse: bool = True,
     ) -> None:
         reason = unsupported_reason(model)
         if reason:
@@ -406,6 +419,7 @@ class RolloutEngine:
         self.pad = int(pad_token_id)
         on_cuda = self.device.type == "cuda"
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
+        self.fuse = fuse  # lay base weights (and LoRA A) out for one GEMM per group (_fuse); off: for A/B timing
         use_compile = on_cuda if compile is None else compile
         wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if use_compile else (lambda f: f)
         self._wrap = wrap
@@ -463,7 +477,7 @@ class RolloutEngine:
             slots, new_tokens = max(slots, st.slots), max(new_tokens, st.out.shape[1])
         self.graphs.clear()
         self.state = st = None  # free the old cache before allocating the new one
-        self.adapters = _Adapters(self.layers, self.dtype)
+        self.adapters = _Adapters(self.layers, self.dtype, self.fuse)
         self.state = self._allocate(batch, slots, new_tokens)
         self.sampling = sampling
 
@@ -508,13 +522,13 @@ class RolloutEngine:
         h = norm(x, first.weight, first.variance_epsilon)
         for i, layer in enumerate(self.layers):
             attn, (g_qkv, g_o, g_gu, g_down) = layer.self_attn, groups[i]
-            q, k, v = g_qkv.base(h)
+            (q, k, v), lora = g_qkv.project(h)
             qn, kn = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
             q, kv = qkv(
                 q,
                 k,
                 v,
-                g_qkv.lora(h),
+                lora,
                 g_qkv.splits,
                 None if qn is None else qn.weight,
                 None if kn is None else kn.weight,
@@ -531,15 +545,13 @@ class RolloutEngine:
             o = self._attend(q, cache[0, :, :, :kv_len], cache[1, :, :, :kv_len], bias, attn.scaling)
             o = o.transpose(1, 2).reshape(ids.shape[0], ids.shape[1], -1)
             post = layer.post_attention_layernorm
-            x, h = add_norm(
-                x, F.linear(o, g_o.weights[0], g_o.biases[0]), g_o.lora(o), post.weight, post.variance_epsilon
-            )
-            gate, up = g_gu.base(h)
-            a = silu_mul(gate, up, g_gu.lora(h), g_gu.splits)
+            (y,), lora = g_o.project(o)
+            x, h = add_norm(x, y, lora, post.weight, post.variance_epsilon)
+            (gate, up), lora = g_gu.project(h)
+            a = silu_mul(gate, up, lora, g_gu.splits)
             nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.decoder.norm
-            x, h = add_norm(
-                x, F.linear(a, g_down.weights[0], g_down.biases[0]), g_down.lora(a), nxt.weight, nxt.variance_epsilon
-            )
+            (y,), lora = g_down.project(a)
+            x, h = add_norm(x, y, lora, nxt.weight, nxt.variance_epsilon)
         return h
 
     def _attend(
