@@ -205,7 +205,7 @@ class Timer:
                 timer.ends.append(time.perf_counter())
                 if timer.prof is not None:
                     timer.prof.__exit__(None, None, None)
-                    print_profile(timer.prof, 30)
+                    print_profile(timer.prof, 40)
                     timer.prof = None
 
         self.profile_step: int | None = None
@@ -219,13 +219,22 @@ class Timer:
 
         def timed(prompts: Any) -> Any:
             sync()
+            self._profile_kernels(False)  # the profile (--profile) is of the training part only
             t0 = time.perf_counter()
             out = inner(prompts)
             sync()
             self.rollouts.append((time.perf_counter() - t0, sum(len(c) for c in out[1])))
+            self._profile_kernels(True)
             return out
 
         trainer._generate = timed
+
+    def _profile_kernels(self, on: bool) -> None:
+        import torch
+        from torch.profiler import ProfilerActivity
+
+        if self.prof is not None and torch.cuda.is_available():
+            self.prof.toggle_collection_dynamic(on, [ProfilerActivity.CUDA])
 
     def result(self, warmup: int, count: int, tokens_per_step: int) -> dict[str, Any]:
         steps = [b - a for a, b in zip(self.ends, self.ends[1:], strict=False)][warmup : warmup + count]
@@ -609,7 +618,9 @@ def main() -> int:
     ap.add_argument("--only", default=",".join(VARIANTS))
     ap.add_argument("--steps", type=int, default=0, help="timed steps per variant (0: each variant's default)")
     ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--profile", action="store_true", help="run: print a kernel-time profile of the first timed step")
+    ap.add_argument(
+        "--profile", action="store_true", help="run: a kernel-time profile of one more step's training part"
+    )
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per variant")
     ap.add_argument("--budget", type=int, default=3600, help="seconds for all variants; later ones are skipped")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT", ".cache/bench/bench_grpo.json"))
