@@ -323,6 +323,8 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
         cls.lean_lora = False
     if os.environ.get("BENCH_COMPILED_GLUE") == "0":  # diagnostics: eager norms / SwiGLU / rotary in training
         cls.compiled_glue = False
+    if os.environ.get("BENCH_FUSE") == "0":  # diagnostics: the rollout engine's unfused weights (a GEMM each)
+        cls.rollout_fuse = False
     timer = Timer()
     timer.profile_step = total if profile else None  # one more step, profiled and not timed
     trainer = cls(

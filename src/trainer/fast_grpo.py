@@ -38,6 +38,7 @@ class FastGRPOTrainer(GRPOTrainer):
     _rollout_fallback: str | None = None
     lean_lora = True  # run the training step's LoRA layers through lean_lora
     compiled_glue = True  # on CUDA, run the training step's norms / SwiGLU / rotary compiled (compiled_glue)
+    rollout_fuse = True  # the engine's one-GEMM-per-group weight layout (RolloutEngine's `fuse`)
 
     def training_step(self, model, inputs, num_items_in_batch):
         with contextlib.ExitStack() as stack:
@@ -89,6 +90,7 @@ class FastGRPOTrainer(GRPOTrainer):
                 self.accelerator.unwrap_model(self.model_wrapped),
                 eos_token_ids=list(eos) if isinstance(eos, (list, tuple)) else [eos],
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
+                fuse=self.rollout_fuse,
             )
         return self._rollout_engine
 
