@@ -21,11 +21,15 @@ if [ -f .device/site.tar.xz ]; then
 fi
 py=${PYTHON:-python3}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee "$out/gpu.txt"
-# unsloth first: it patches the others at import.
-$py -c 'import unsloth, torch, transformers, trl, peft, importlib.util as u
-print("torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__,
-      "peft", peft.__version__, "unsloth", unsloth.__version__, "vllm importable:", u.find_spec("vllm") is not None)' \
-  2>&1 | tail -1 | tee -a "$out/gpu.txt"
+# Versions from package metadata: importing unsloth here would cost most of a minute of the call.
+$py -c 'import importlib.metadata as m, importlib.util as u
+def version(name):
+    try:
+        return m.version(name)
+    except m.PackageNotFoundError:
+        return "not installed"
+print(*(f"{p} {version(p)}" for p in ("torch", "transformers", "trl", "peft", "unsloth")),
+      "vllm importable:", u.find_spec("vllm") is not None)' 2>&1 | tee -a "$out/gpu.txt"
 
 case $what in
 tests)
