@@ -60,7 +60,7 @@ bench4b)
   sets=(--set model.name=/tmp/q4b/model --set "report_to=[]"
         --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.max_steps=2
         --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
-        --set grpo.max_steps=3 --set grpo.save_steps=$save --set grpo.log_completions=false)
+        --set grpo.max_steps=3 --set "grpo.save_steps=$save" --set grpo.log_completions=false)
   # GRPO starts from the fresh LoRA the build wrote: on a fresh machine, build + sft + 3 GRPO steps
   # at these lengths outlast one 600 s device call (docs/gpu.md). BENCH4B_SFT=1 runs sft first.
   start=(--set grpo.start_from=/tmp/q4b/adapter)
