@@ -17,6 +17,7 @@ from safetensors import safe_open
 
 from trainer.cli import main
 from trainer.resilience import MANIFEST, checkpoints, last_checkpoint, rotate, verify_checkpoint, write_manifest
+from trainer.volume import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 # One prompt of 4 completions of 8 tokens per step: a step takes about a second on a CPU core.
@@ -187,3 +188,18 @@ def test_rotate_keeps_the_newest_verified_and_never_a_newer_one(tmp_path: Path) 
     rotate(tmp_path, newest, keep=1)
     assert [p.name for p in checkpoints(tmp_path)] == ["checkpoint-4", "checkpoint-5"]
     assert last_checkpoint(tmp_path) == newest
+
+
+def test_write_atomic_removes_what_a_killed_write_left(tmp_path: Path) -> None:
+    """A write killed mid-way leaves `.adapter.tmp-*`; the next write of the same folder removes it,
+    and leaves another destination's temporary folder alone."""
+    dest = tmp_path / "adapter"
+    stale = tmp_path / ".adapter.tmp-killed"
+    other = tmp_path / ".merged.tmp-live"
+    for d in (stale, other):
+        d.mkdir()
+        (d / "part.bin").write_bytes(b"x" * 10)
+    write_atomic(dest, lambda tmp: (tmp / "adapter_config.json").write_text("{}"))
+    assert (dest / "adapter_config.json").read_text() == "{}"
+    assert not stale.exists() and other.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".merged.tmp-live", "adapter"]

@@ -51,8 +51,13 @@ def is_adapter(path: Path) -> bool:
 
 
 def write_atomic(dest: Path, write: Callable[[Path], None]) -> Path:
-    """Call `write(tmp_dir)`, then move the finished folder to `dest` (keeping the old one as .prev)."""
+    """Call `write(tmp_dir)`, then move the finished folder to `dest` (keeping the old one as .prev).
+
+    A process killed inside `write` (SIGKILL, OOM) leaves its temporary folder behind, possibly a
+    merged model's gigabytes: the next write to the same `dest` removes it (one writer per `dest`)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
+    for stale in dest.parent.glob(f".{dest.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.tmp-", dir=dest.parent))
     try:
         write(tmp)
