@@ -98,7 +98,7 @@ class FastGRPOTrainer(GRPOTrainer):
 @contextlib.contextmanager
 def lean_lora(model: Any) -> Iterator[None]:
     """Within this block, PEFT LoRA linears under autocast compute `base(x) + s * B(A(x))` as one
-    `addmm` on the base output, without the float32 copies PEFT makes of every input and output
+    in-place `addmm_` on the base output, without the float32 copies PEFT makes of every input and output
     (it casts x to the adapter's float32 dtype, then autocast casts it back for the matmul, and the
     sum is formed and cast elementwise): on Qwen3-4B with 20k tokens that is gigabytes of traffic
     per layer and pass. Layers with dropout, variants (DoRA) or without autocast keep PEFT's own
@@ -135,7 +135,11 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
     flat = result.reshape(-1, result.shape[-1])
     for a in active:
         xa = F.linear(x, self.lora_A[a].weight).reshape(-1, self.r[a])
-        flat = torch.addmm(flat, xa, self.lora_B[a].weight.t(), alpha=self.scaling[a])
+        # In place: an out-of-place addmm first copies the whole base output (cuBLAS accumulates into
+        # its output), 60 ms of copies per Qwen3-4B step (docs/benchmarks.md). No backward reads the
+        # base output (a Linear saves its input), so adding into it is safe; autocast does not
+        # cover in-place ops, hence the cast of B that autocast would otherwise make.
+        flat.addmm_(xa, self.lora_B[a].weight.t().to(flat.dtype), alpha=self.scaling[a])
     return flat.view(result.shape)
 
 
@@ -146,7 +150,9 @@ def compiled_glue(model: Any, backend: str = "inductor") -> Iterator[None]:
     each fused into one kernel forward and one backward, where eager PyTorch runs each as five to ten
     kernels that each read and write the whole activation. On Qwen3-4B with 20k tokens a step that
     is tens of GB of memory traffic per pass, run three times with gradient checkpointing.
-    Shapes are dynamic, so a new sequence length does not recompile. Models whose layers do not
+    Shapes are torch.compile's default, static until a second shape is seen, then dynamic in the
+    dimensions that changed: fully dynamic kernels (dynamic=True) ran the rotary embedding at a
+    tenth of the memory bandwidth on Qwen3-4B (docs/benchmarks.md). Models whose layers do not
     look like Llama / Qwen (see `rollout.unsupported_reason`) are left alone."""
     if unsupported_reason(model) is not None:
         yield
@@ -164,7 +170,7 @@ def compiled_glue(model: Any, backend: str = "inductor") -> Iterator[None]:
         m.forward = types.MethodType(functools.partial(glue, fns), m)
     for mod, fn in saved_rotary.items():
         if fn not in fns["rotary"]:
-            fns["rotary"][fn] = torch.compile(fn, dynamic=True, backend=backend)
+            fns["rotary"][fn] = torch.compile(fn, backend=backend)
         mod.apply_rotary_pos_emb = fns["rotary"][fn]
     try:
         yield
@@ -180,7 +186,7 @@ _GLUE: dict[str, dict[str, Any]] = {}  # backend -> compiled functions, made onc
 
 def _glue_functions(backend: str) -> dict[str, Any]:
     if backend not in _GLUE:
-        compile_ = functools.partial(torch.compile, dynamic=True, backend=backend)
+        compile_ = functools.partial(torch.compile, backend=backend)
         # The rollout engine's own norm and SiLU product: one definition of each for both paths.
         _GLUE[backend] = {"norm": compile_(_rms_norm), "silu_mul": compile_(_silu_mul), "rotary": {}}
     return _GLUE[backend]
