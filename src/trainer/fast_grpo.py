@@ -131,8 +131,9 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         )
     ):
         return type(self).forward(self, x, *args, **kwargs)
-    result = self.base_layer(x)
-    flat = result.reshape(-1, result.shape[-1])
+    # 2-D, so that the in-place add below writes into the GEMM's own output, not into a view of it
+    # (autograd undoes an in-place op on a view with a full copy in the backward).
+    flat = self.base_layer(x.reshape(-1, x.shape[-1]))
     for a in active:
         xa = F.linear(x, self.lora_A[a].weight).reshape(-1, self.r[a])
         # In place: an out-of-place addmm first copies the whole base output (cuBLAS accumulates into
@@ -140,7 +141,7 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         # base output (a Linear saves its input), so adding into it is safe; autocast does not
         # cover in-place ops, hence the cast of B that autocast would otherwise make.
         flat.addmm_(xa, self.lora_B[a].weight.t().to(flat.dtype), alpha=self.scaling[a])
-    return flat.view(result.shape)
+    return flat.view(*x.shape[:-1], flat.shape[-1])
 
 
 @contextlib.contextmanager
