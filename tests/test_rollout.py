@@ -119,6 +119,20 @@ def test_fused_base_weights_stay_the_models_own(tiny_model_dir: Path) -> None:
     assert layer.self_attn.q_proj.base_layer.weight.data_ptr() == fused.data_ptr()
 
 
+def test_quantized_base_weights_are_refused(tiny_model_dir: Path) -> None:
+    """Packed 4-bit / 8-bit weights cannot go through F.linear: the engine says so instead of
+    sampling garbage (callers then fall back to generate)."""
+    from trainer.rollout import unsupported_reason
+
+    model, _ = lora_model(tiny_model_dir, torch.float32, "cpu")
+    assert unsupported_reason(model) is None
+    base = model.base_model.model.model.layers[0].self_attn.k_proj.base_layer
+    base.weight = torch.nn.Parameter(torch.zeros(base.weight.shape, dtype=torch.uint8), requires_grad=False)
+    assert "quantized" in unsupported_reason(model)
+    with pytest.raises(ValueError, match="quantized"):
+        RolloutEngine(model, eos_token_ids=[0], pad_token_id=0)
+
+
 def test_eos_ends_a_row_like_generate(tiny_model_dir: Path) -> None:
     """Declare a token that greedy decoding emits mid-way the EOS: rows must stop exactly there."""
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")

@@ -219,6 +219,9 @@ def _projections(layer: Any) -> dict[str, Any]:
 
 
 def _lora_reason(module: Any) -> str | None:
+    base = getattr(module, "base_layer", module)
+    if not torch.is_floating_point(getattr(base, "weight", torch.empty(0, dtype=torch.uint8))):
+        return f"the base weights of {type(base).__name__} are quantized (4-bit / 8-bit), not floating point"
     if not hasattr(module, "lora_A"):
         return None if isinstance(module, torch.nn.Linear) else f"{type(module).__name__} is not a Linear"
     for name in _active_adapters(module):
