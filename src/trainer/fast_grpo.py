@@ -162,13 +162,12 @@ def compiled_glue(model: Any, backend: str = "inductor") -> Iterator[None]:
     lm = causal_lm(model)
     layers = lm.get_decoder().layers
     norms = [m for m in lm.modules() if type(m).__name__.endswith("RMSNorm") and hasattr(m, "variance_epsilon")]
-    mlps = [layer.mlp for layer in layers]
+    glue = [(m, _compiled_norm_forward) for m in norms] + [(layer.mlp, _compiled_mlp_forward) for layer in layers]
     modeling = {sys.modules[type(layer.self_attn).__module__] for layer in layers}
     saved_rotary = {mod: mod.apply_rotary_pos_emb for mod in modeling if hasattr(mod, "apply_rotary_pos_emb")}
-    patched = [m for m in [*norms, *mlps] if "forward" not in vars(m)]
-    for m in patched:
-        glue = _compiled_norm_forward if m in norms else _compiled_mlp_forward
-        m.forward = types.MethodType(functools.partial(glue, fns), m)
+    glue = [(m, forward) for m, forward in glue if "forward" not in vars(m)]  # leave one someone else set
+    for m, forward in glue:
+        m.forward = types.MethodType(functools.partial(forward, fns), m)
     for mod, fn in saved_rotary.items():
         if fn not in fns["rotary"]:
             fns["rotary"][fn] = torch.compile(fn, backend=backend)
@@ -176,7 +175,7 @@ def compiled_glue(model: Any, backend: str = "inductor") -> Iterator[None]:
     try:
         yield
     finally:
-        for m in patched:
+        for m, _ in glue:
             del m.forward
         for mod, fn in saved_rotary.items():
             mod.apply_rotary_pos_emb = fn
