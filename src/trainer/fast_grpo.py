@@ -187,9 +187,19 @@ _GLUE: dict[str, dict[str, Any]] = {}  # backend -> compiled functions, made onc
 def _glue_functions(backend: str) -> dict[str, Any]:
     if backend not in _GLUE:
         compile_ = functools.partial(torch.compile, backend=backend)
-        # The rollout engine's own norm and SiLU product: one definition of each for both paths.
-        _GLUE[backend] = {"norm": compile_(_rms_norm), "silu_mul": compile_(_silu_mul), "rotary": {}}
+        _GLUE[backend] = {"norm": compile_(_train_norm), "silu_mul": compile_(_train_silu_mul), "rotary": {}}
     return _GLUE[backend]
+
+
+# The rollout engine's own norm and SiLU product (one definition of each), called through functions
+# of their own: torch.compile allows a few compiled variants per function (8), and the engine's
+# decode shapes should not use up what the training shapes (3 norm shapes, each static then dynamic) need.
+def _train_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _rms_norm(x, weight, eps)
+
+
+def _train_silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _silu_mul(gate, up, None, [])
 
 
 def _compiled_norm_forward(fns: dict[str, Any], self: Any, hidden_states: torch.Tensor) -> torch.Tensor:
@@ -197,7 +207,7 @@ def _compiled_norm_forward(fns: dict[str, Any], self: Any, hidden_states: torch.
 
 
 def _compiled_mlp_forward(fns: dict[str, Any], self: Any, x: torch.Tensor) -> torch.Tensor:
-    return self.down_proj(fns["silu_mul"](self.gate_proj(x), self.up_proj(x), None, []))
+    return self.down_proj(fns["silu_mul"](self.gate_proj(x), self.up_proj(x)))
 
 
 def trainer_class(cfg: RunConfig, default: type) -> type:
