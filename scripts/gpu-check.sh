@@ -8,10 +8,14 @@
 #                                        the model in /tmp/q4b is built once per machine and reused;
 #                                        BENCH4B_RESUME=1: a checkpoint every step, and a rerun on the
 #                                        same machine resumes the last run (steps over two calls)
+#   scripts/gpu-check.sh speed   [OUT]   the product's GRPO step on the reference workload, as is and
+#                                        with the fused rollout weights and compiled glue off, one
+#                                        process each, then the rollout engine fused vs unfused
+#                                        (docs/benchmarks.md "Like for like", about 5 minutes)
 # Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
 # /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
-what=${1:?usage: scripts/gpu-check.sh tests|bench4b [OUT]}
+what=${1:?usage: scripts/gpu-check.sh tests|bench4b|speed [OUT]}
 out=${2:-/tmp/gpu-check}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -76,8 +80,19 @@ bench4b)
   cp /tmp/q4b/checkpoints/qwen3-4b/grpo/bench.json "$out/"
   echo "peak memory.used (nvidia-smi): $(cut -d, -f2 "$out/smi.csv" | sort -n | tail -1)"
   ;;
+speed)
+  m=/tmp/bench-qwen3-4b
+  $py benchmarks/bench_grpo.py build --model-dir "$m"
+  $py -c "import sys; sys.path.insert(0, 'benchmarks'); import bench_grpo as b; print('ceilings', b.ceilings())" \
+    | tee "$out/ceilings.txt"
+  run=(benchmarks/bench_grpo.py run grpo-product --model-dir "$m" --warmup 1 --steps 3)
+  $py "${run[@]}" --profile >"$out/product.log" 2>&1
+  BENCH_FUSE=0 BENCH_COMPILED_GLUE=0 $py "${run[@]}" >"$out/product-before.log" 2>&1
+  $py benchmarks/bench_grpo.py rollout --model-dir "$m" --steps 2 >"$out/rollout.log" 2>&1
+  grep -h -E "^RESULT|^rollout medians" "$out/product.log" "$out/product-before.log" "$out/rollout.log"
+  ;;
 *)
-  echo "unknown check '$what'; use tests or bench4b" >&2
+  echo "unknown check '$what'; use tests, bench4b or speed" >&2
   exit 2
   ;;
 esac
