@@ -159,6 +159,7 @@ def pretrain(dest: Path, data: Path, settings: dict, seed: int) -> Path:
     import torch
 
     from trainer.tiny import build_model, build_tokenizer
+    from trainer.volume import write_atomic
 
     torch.manual_seed(seed)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -194,11 +195,12 @@ def pretrain(dest: Path, data: Path, settings: dict, seed: int) -> Path:
             if acc >= settings["stop_at"]:
                 break
     tok.padding_side = "right"
-    tmp = dest.with_name(dest.name + ".tmp")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    tmp.rename(dest)
-    return dest
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+
+    return write_atomic(dest, write)
 
 
 def _probe_accuracy(model, tok, rows: list[dict], device: str) -> float:
