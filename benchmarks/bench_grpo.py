@@ -178,6 +178,36 @@ def print_profile(prof: Any, rows: int) -> None:
         print(f"{e.self_device_time_total / 1e3:9.2f} ms {e.count:7d}  {e.key[:100]}", flush=True)
 
 
+def profile_replays(graph: Any, what: str, reps: int) -> None:
+    """Kernel time of `reps` replays of a CUDA graph, by kernel, and how much of the span was idle."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(reps):
+            graph.replay()
+        torch.cuda.synchronize()
+    kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    start = min(e.time_range.start for e in kernels)
+    end = max(e.time_range.end for e in kernels)
+    busy = sum(e.time_range.end - e.time_range.start for e in kernels)
+    print(
+        f"{what}: {(end - start) / reps / 1e3:.3f} ms per step, kernels busy {busy / reps / 1e3:.3f} ms, "
+        f"{len(kernels) // reps} kernels per step",
+        flush=True,
+    )
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name, []).append(e.time_range.end - e.time_range.start)
+    rows = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))
+    for name, ts in rows[:30]:
+        print(
+            f"{sum(ts) / reps / 1e3:8.3f} ms {len(ts) // reps:5d} x {sum(ts) / len(ts):6.1f} us  {name[:110]}",
+            flush=True,
+        )
+
+
 class Timer:
     """Step end times (GPU synchronised) and the time spent in TRL's `_generate`."""
 
@@ -325,6 +355,8 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
         cls.compiled_glue = False
     if os.environ.get("BENCH_FUSE") == "0":  # diagnostics: the rollout engine's unfused weights (a GEMM each)
         cls.rollout_fuse = False
+    if os.environ.get("BENCH_KERNELS") == "0":  # diagnostics: compiled glue + cuBLAS in the decode step
+        cls.rollout_kernels = False
     timer = Timer()
     timer.profile_step = total if profile else None  # one more step, profiled and not timed
     trainer = cls(
@@ -416,10 +448,11 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
     prompts = [p for p in prompts for _ in range(GENERATIONS)]
     sampling = Sampling(temperature=1.0, min_p=0.1)
     # Like for like in one process: the engine without the weight layout (one GEMM per projection
-    # and LoRA factor), then with it (_fuse: one GEMM per group for the base weights and LoRA A).
+    # and LoRA factor); with it (_fuse: one GEMM per group for the base weights and LoRA A) and the
+    # compiled glue; with it and the Triton decode kernels (the default on CUDA).
     per_variant = {}
-    for fuse in (False, True):
-        engine = RolloutEngine(model, eos_token_ids=[EOS_ID], pad_token_id=EOS_ID, fuse=fuse)
+    for variant, fuse, kernels in (("unfused", False, False), ("glue", True, False), ("kernels", True, True)):
+        engine = RolloutEngine(model, eos_token_ids=[EOS_ID], pad_token_id=EOS_ID, fuse=fuse, kernels=kernels)
         if os.environ.get("BENCH_DECODE_ATTENTION"):
             engine.decode_attention = os.environ["BENCH_DECODE_ATTENTION"]
         times = []
@@ -430,14 +463,19 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
             n = sum(map(len, out.completion_ids))
-            print(f"fuse={fuse} rollout {i}: {times[-1]:.3f} s, {n} tokens", flush=True)
-        per_variant["fused" if fuse else "unfused"] = statistics.median(times[1:])
-        if not fuse:
+            print(f"{variant} rollout {i}: {times[-1]:.3f} s, {n} tokens", flush=True)
+        per_variant[variant] = statistics.median(times[1:])
+        if variant != "kernels":
             del engine
             torch.cuda.empty_cache()
     print(f"rollout medians: {json.dumps(per_variant)}", flush=True)
-    med = per_variant["fused"]
-    # Where a decode step's time goes: one step run eagerly (no graph) under the profiler.
+    med = per_variant["kernels"]
+    # Where a decode step's time goes: graph replays of the smallest and largest buckets under the
+    # profiler (CUPTI records each kernel of a replayed graph), then one step run eagerly.
+    for bucket in sorted(engine.graphs)[:: max(1, len(engine.graphs) - 1)]:
+        engine.state.t.fill_(1)  # valid slots for the replays: the bucket's last ones, completion index 1..
+        engine.state.slot.fill_(bucket - 6)
+        profile_replays(engine.graphs[bucket], f"decode graph, {bucket} cache slots", reps=5)
     from torch.profiler import ProfilerActivity, profile
 
     engine.state.t.fill_(1)  # a valid state for one more step: the last cache slot, completion index 1
@@ -452,6 +490,7 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
         "first_s": times[0],
         "ms_per_token_step": 1000 * med / COMPLETION_LEN,
         "unfused_rollout_s": per_variant["unfused"],
+        "glue_rollout_s": per_variant["glue"],
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
 

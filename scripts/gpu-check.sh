@@ -9,9 +9,10 @@
 #                                        BENCH4B_RESUME=1: a checkpoint every step, and a rerun on the
 #                                        same machine resumes the last run (steps over two calls)
 #   scripts/gpu-check.sh speed   [OUT]   the product's GRPO step on the reference workload, as is and
-#                                        with the fused rollout weights and compiled glue off, one
-#                                        process each, then the rollout engine fused vs unfused
-#                                        (docs/benchmarks.md "Like for like", about 5 minutes)
+#                                        with the rollout's Triton decode kernels off, one process
+#                                        each, then the rollout engine alone: unfused, fused with
+#                                        compiled glue, with the kernels (docs/benchmarks.md
+#                                        "Like for like", about 7 minutes)
 # Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
 # /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
@@ -87,7 +88,7 @@ speed)
     | tee "$out/ceilings.txt"
   run=(benchmarks/bench_grpo.py run grpo-product --model-dir "$m" --warmup 1 --steps 3)
   $py "${run[@]}" --profile >"$out/product.log" 2>&1
-  BENCH_FUSE=0 BENCH_COMPILED_GLUE=0 $py "${run[@]}" >"$out/product-before.log" 2>&1
+  BENCH_KERNELS=0 $py "${run[@]}" >"$out/product-before.log" 2>&1
   $py benchmarks/bench_grpo.py rollout --model-dir "$m" --steps 2 >"$out/rollout.log" 2>&1
   grep -h -E "^RESULT|^rollout medians" "$out/product.log" "$out/product-before.log" "$out/rollout.log"
   ;;

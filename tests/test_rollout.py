@@ -278,9 +278,10 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
 
 @pytest.mark.gpu
 @gpu
-def test_gpu_graphs_greedy_equal_generate(tiny_model_dir: Path) -> None:
+@pytest.mark.parametrize("kernels", [True, False], ids=["triton-kernels", "compiled-glue"])
+def test_gpu_graphs_greedy_equal_generate(tiny_model_dir: Path, kernels: bool) -> None:
     model, tok = lora_model(tiny_model_dir, torch.float32, "cuda")
-    check_against_generate(model, tok, 40, tok.eos_token_id, cuda_graphs=True, compile=True)
+    check_against_generate(model, tok, 40, tok.eos_token_id, cuda_graphs=True, compile=True, kernels=kernels)
 
 
 @pytest.mark.gpu

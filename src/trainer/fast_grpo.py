@@ -39,6 +39,7 @@ class FastGRPOTrainer(GRPOTrainer):
     lean_lora = True  # run the training step's LoRA layers through lean_lora
     compiled_glue = True  # on CUDA, run the training step's norms / SwiGLU / rotary compiled (compiled_glue)
     rollout_fuse = True  # the engine's one-GEMM-per-group weight layout (RolloutEngine's `fuse`)
+    rollout_kernels: bool | None = None  # the engine's Triton decode kernels (None: where they run)
 
     def training_step(self, model, inputs, num_items_in_batch):
         with contextlib.ExitStack() as stack:
@@ -91,6 +92,7 @@ class FastGRPOTrainer(GRPOTrainer):
                 eos_token_ids=list(eos) if isinstance(eos, (list, tuple)) else [eos],
                 pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else eos,
                 fuse=self.rollout_fuse,
+                kernels=self.rollout_kernels,
             )
         return self._rollout_engine
 

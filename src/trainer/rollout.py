@@ -33,11 +33,13 @@ import itertools
 import logging
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from trainer import decode_kernels
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +255,12 @@ class _Group:
     b: torch.Tensor | None  # [sum of outputs, sum of ranks]: the B factors x scale, block-diagonal
     fused: torch.Tensor | None = None  # the base weights in one buffer, then `a` when folded (see _fuse)
     folded: bool = False  # `a` is the last rows of `fused`: one GEMM gives the base outputs and x A^T
+    cols: list[tuple[int, int]] = field(default_factory=list)  # per projection: its first column in `b`, its rank
+
+    @property
+    def kernel_lora(self) -> tuple[torch.Tensor, list[tuple[int, int]]] | None:
+        """What the decode kernels read for the LoRA terms (trainer.decode_kernels)."""
+        return None if self.a is None else (self.b, self.cols)
 
     def project(self, x: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
         """Each projection's base output, and the group's LoRA term (None without adapters)."""
@@ -338,6 +346,11 @@ class _Adapters:
                 group.a = torch.empty((rank, ref.shape[1]), dtype=self.dtype, device=ref.device)
             group.b = torch.zeros((sum(splits), rank), dtype=self.dtype, device=ref.device)
             col = 0
+            for m in modules:  # adapters of one projection take adjacent columns (the loop below)
+                r_m = sum(m.lora_A[n].weight.shape[0] for n in _active_adapters(m)) if hasattr(m, "lora_A") else 0
+                group.cols.append((col, r_m))
+                col += r_m
+            col = 0
             for row0, A, B, scale in terms:
                 r = A.shape[0]
                 self.copies.append((A, 1.0, group.a[col : col + r]))
@@ -405,6 +418,7 @@ class RolloutEngine:
         cuda_graphs: bool | None = None,
         compile: bool | None = None,  # noqa: A002  (the torch.compile switch; keyword only)
         fuse: bool = True,
+        kernels: bool | None = None,
     ) -> None:
         reason = unsupported_reason(model)
         if reason:
@@ -424,6 +438,9 @@ class RolloutEngine:
         on_cuda = self.device.type == "cuda"
         self.cuda_graphs = on_cuda if cuda_graphs is None else cuda_graphs
         self.fuse = fuse  # lay base weights (and LoRA A) out for one GEMM per group (_fuse); off: for A/B timing
+        # The decode step's Triton kernels (trainer.decode_kernels); off: compiled glue + cuBLAS, for A/B timing.
+        heads = (self.n_heads, self.n_kv, self.head_dim)
+        self.kernels = decode_kernels.available(self.device, self.dtype, heads) if kernels is None else kernels
         use_compile = on_cuda if compile is None else compile
         wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if use_compile else (lambda f: f)
         self._wrap = wrap
@@ -438,6 +455,7 @@ class RolloutEngine:
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._pool = None
         self.sampling: Sampling | None = None
+        self._kernel_path = False
 
     # -- public -------------------------------------------------------------------------------
 
@@ -451,7 +469,9 @@ class RolloutEngine:
         n = self._prefill(prompt_ids, p_pad)
         t = 1
         while t < max_new_tokens:
-            bucket = _round_up(p_pad + t, KV_BUCKET)  # this step writes slot p_pad + t - 1
+            # This step writes slot p_pad + t - 1. The attention kernel reads only the live slots,
+            # so one graph serves every step; otherwise one per bucket of 128 slots.
+            bucket = st.slots if self._kernel_path else _round_up(p_pad + t, KV_BUCKET)
             if self.cuda_graphs:
                 self._graph(bucket).replay()
             else:
@@ -482,6 +502,10 @@ class RolloutEngine:
         self.graphs.clear()
         self.state = st = None  # free the old cache before allocating the new one
         self.adapters = _Adapters(self.layers, self.dtype, self.fuse)
+        # The kernels read each group's outputs (and x A^T) from one GEMM: every group fused (and folded).
+        self._kernel_path = self.kernels and all(
+            g.fused is not None and (g.a is None or g.folded) for layer in self.adapters.groups for g in layer
+        )
         self.state = self._allocate(batch, slots, new_tokens)
         self.sampling = sampling
 
@@ -524,6 +548,8 @@ class RolloutEngine:
         cos, sin = self.decoder.rotary_emb(x, positions)
         first = self.layers[0].input_layernorm
         h = norm(x, first.weight, first.variance_epsilon)
+        if fused and self._kernel_path:
+            return self._decode_kernels(x[:, 0], h[:, 0], cos[:, 0], sin[:, 0], slots)[:, None]
         for i, layer in enumerate(self.layers):
             attn, (g_qkv, g_o, g_gu, g_down) = layer.self_attn, groups[i]
             (q, k, v), lora = g_qkv.project(h)
@@ -558,6 +584,35 @@ class RolloutEngine:
             x, h = add_norm(x, y, lora, nxt.weight, nxt.variance_epsilon)
         return h
 
+    def _decode_kernels(
+        self, x: torch.Tensor, h: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, slot: torch.Tensor
+    ) -> torch.Tensor:
+        """The layers for one token per row [B, hidden] with trainer.decode_kernels: per layer four
+        group GEMMs (base outputs and x A^T), and the kernels that add the LoRA terms and do the rest
+        (q/k norm + rotary + cache write, attention, residual add + RMSNorm, SwiGLU). Returns the
+        final norm's output."""
+        dk, st, heads = decode_kernels, self.state, (self.n_heads, self.n_kv, self.head_dim)
+        for i, layer in enumerate(self.layers):
+            attn, (g_qkv, g_o, g_gu, g_down) = layer.self_attn, self.adapters.groups[i]
+            qn, kn = getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)
+            qk_norm = None if qn is None else (qn.weight, kn.weight)
+            eps = 0.0 if qn is None else qn.variance_epsilon
+            y = dk.linear(h, g_qkv.fused)
+            q = dk.qkv_to_cache(y, g_qkv.kernel_lora, qk_norm, eps, cos, sin, st.kv[i], slot, heads)
+            o = dk.attend(q, st.kv[i], st.start, slot, attn.scaling)
+            post = layer.post_attention_layernorm
+            x, h = self._add_lora_norm(x, dk.linear(o, g_o.fused), g_o, post)
+            a = dk.silu_mul(dk.linear(h, g_gu.fused), g_gu.kernel_lora, g_gu.splits[0])
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.decoder.norm
+            x, h = self._add_lora_norm(x, dk.linear(a, g_down.fused), g_down, nxt)
+        return h
+
+    def _add_lora_norm(self, x: torch.Tensor, y: torch.Tensor, group: _Group, norm: Any) -> tuple[torch.Tensor, ...]:
+        """Residual add of a one-projection group's output (its LoRA B GEMM on the x A^T columns), then `norm`."""
+        n = group.splits[0]
+        lora = None if group.a is None else F.linear(y[:, n:], group.b)
+        return self._fused[1](x, y[:, :n], lora, norm.weight, norm.variance_epsilon)
+
     def _attend(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float
     ) -> torch.Tensor:
@@ -574,7 +629,9 @@ class RolloutEngine:
             return o.reshape(B, H, 1, D)
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=group > 1)
 
-    def _logits(self, h: torch.Tensor) -> torch.Tensor:
+    def _logits(self, h: torch.Tensor, mm: Any = None) -> torch.Tensor:
+        if mm is not None and getattr(self.lm_head, "bias", True) is None:
+            return mm(h[:, -1], self.lm_head.weight).float()
         return self.lm_head(h[:, -1:])[:, 0].float()
 
     # -- prefill, decode ----------------------------------------------------------------------
@@ -615,11 +672,13 @@ class RolloutEngine:
     def _decode_step(self, kv_len: int) -> None:
         """One token for every row; reads and writes only `self.state` (so it can be a graph)."""
         st = self.state
-        ar = st.arange[:kv_len]
-        valid = (ar[None] >= st.start[:, None]) & (ar[None] <= st.slot)
-        bias = _bias(valid[:, None, None], self.dtype)
+        bias = None  # the attention kernel masks by st.start and st.slot itself
+        if not self._kernel_path:
+            ar = st.arange[:kv_len]
+            valid = (ar[None] >= st.start[:, None]) & (ar[None] <= st.slot)
+            bias = _bias(valid[:, None, None], self.dtype)
         h = self._forward(st.tok[:, None], st.pos[:, None], bias, st.slot, kv_len, fused=True)
-        logits = self._logits(h)
+        logits = self._logits(h, decode_kernels.linear if self._kernel_path else None)
         token, logp = self._choose(logits, self._noise(logits))
         token = torch.where(st.finished, self.pad, token)
         logp = logp.masked_fill(st.finished, 0.0)

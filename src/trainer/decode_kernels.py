@@ -1,0 +1,167 @@
+"""Triton kernels for the rollout engine's decode step (one token per row, CUDA only).
+
+Why: a Qwen3-4B decode step for 32 rows ran 806 kernels in 6.2-6.8 ms, 0.6 ms of it idle between
+them (H100 profile, docs/benchmarks.md), 22 per layer. With these a layer is 12: four group GEMMs
+(`linear`: base outputs and x A^T in one, rollout._fuse), o's and down's LoRA B GEMMs with the
+compiled residual add + RMSNorm after each (a kernel per row that also added (x A^T) B^T took 30 us,
+ten times as long: 32 rows cannot spread B's reads over the GPU), and kernels that add the LoRA
+terms (x A^T) B^T from the group GEMM's output where that pays:
+- `qkv_to_cache`: LoRA, Qwen3's per-head q/k RMSNorm, the rotary embedding, the K/V cache write;
+- `attend`: attention over the live cache slots only (the row's first real token to the current
+  one), online softmax, the query heads of a K/V head sharing each K/V read;
+- `silu_mul`: LoRA on gate and up (a tensor-core product per tile), then SwiGLU;
+- `linear`: y = x w^T for a few rows, tiles chosen per shape by timing against cuBLAS once per
+  process (cuBLAS where it is as fast); reading the weights bounds it.
+The kernels (trainer.decode_triton) round to the model's dtype after each operation, as the eager
+HF code does, and run in float32 too (exact dot products), which the GPU exactness test uses.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+log = logging.getLogger(__name__)
+
+MAX_ROWS = 64  # `linear` above this many rows: no longer bound by the weight read, so cuBLAS
+MAX_GROUP = 16  # query heads per K/V head that `attend` handles (padded to 16 rows for tl.dot)
+DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+@functools.cache
+def _kernels() -> Any:
+    from trainer import decode_triton
+
+    return decode_triton
+
+
+def available(device: torch.device, dtype: torch.dtype, heads: tuple[int, int, int]) -> bool:
+    """Whether the kernels run here: CUDA, Triton, a float dtype, and heads (query, K/V, dim) they cover."""
+    n, n_kv, d = heads
+    if device.type != "cuda" or dtype not in DTYPES or n // n_kv > MAX_GROUP or d < 16 or d & (d - 1):
+        return False
+    try:
+        _kernels()
+    except Exception as e:  # no Triton, or one that cannot build here: the engine keeps its other path
+        log.info("Triton decode kernels unavailable (%s); using the compiled-glue path", e)
+        return False
+    return True
+
+
+def _prec(dtype: torch.dtype) -> str:
+    return "ieee" if dtype == torch.float32 else "tf32"  # tf32 only matters for float32 inputs
+
+
+def _rank_block(cols: list[tuple[int, int]]) -> int:
+    return max(16, 1 << (max(r for _, r in cols) - 1).bit_length()) if cols else 16
+
+
+def qkv_to_cache(
+    y: torch.Tensor,
+    lora: Any,
+    qk_norm: tuple[torch.Tensor, torch.Tensor] | None,
+    eps: float,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    cache: torch.Tensor,
+    slot: torch.Tensor,
+    heads: tuple[int, int, int],
+) -> torch.Tensor:
+    """y [B, (H + 2 Hkv) D + ranks]: one row per token of the q/k/v group GEMM (q, k, v, then
+    x A^T); lora: (B buffer, [(first column, rank)] of q, k, v) or None; qk_norm: Qwen3's q/k norm
+    weights or None; cos, sin [B, D]; cache [2, B, Hkv, S, D], written at `slot` [1].
+    Returns q [B, H, D] normed and rotated; k (normed, rotated) and v go into the cache."""
+    n, n_kv, d = heads
+    batch = y.shape[0]
+    q = torch.empty((batch, n, d), dtype=y.dtype, device=y.device)
+    bm, cols = lora if lora is not None else (y, [(0, 0)] * 3)
+    (cq, rq), (ck, rk), (cv, rv) = cols
+    qw, kw = qk_norm if qk_norm is not None else (y, y)
+    _kernels().qkv[(batch, n + 2 * n_kv)](
+        y, y.stride(0), (n + 2 * n_kv) * d, bm, bm.stride(0), cq, rq, ck, rk, cv, rv, qw, kw,
+        cos, sin, cos.stride(0), q, cache, cache.stride(0), cache.stride(1), cache.stride(2), slot, eps,
+        H=n, HKV=n_kv, D=d, RB=_rank_block(cols), HAS_LORA=lora is not None, HAS_NORM=qk_norm is not None,
+        num_warps=1,
+    )  # fmt: skip
+    return q
+
+
+def silu_mul(y: torch.Tensor, lora: Any, inter: int) -> torch.Tensor:
+    """silu(gate + LoRA) * (up + LoRA) [B, I] from the gate/up group GEMM's output y [B, 2 I + ranks]."""
+    batch = y.shape[0]
+    a = torch.empty((batch, inter), dtype=y.dtype, device=y.device)
+    bm, cols = lora if lora is not None else (y, [(0, 0)] * 2)
+    (cg, rg), (cu, ru) = cols
+    bn, bb = 64, 16
+    _kernels().silu_mul[(math.ceil(inter / bn), math.ceil(batch / bb))](
+        y, y.stride(0), bm, bm.stride(0), cg, rg, cu, ru, a, inter, batch,
+        BN=bn, BB=bb, RB=_rank_block(cols), HAS_LORA=lora is not None, PREC=_prec(y.dtype), num_warps=4,
+    )  # fmt: skip
+    return a
+
+
+def attend(q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, slot: torch.Tensor, scale: float) -> torch.Tensor:
+    """q [B, H, D]; attends over cache slots start[b] .. slot (inclusive). Returns [B, H * D]."""
+    batch, n, d = q.shape
+    n_kv = cache.shape[2]
+    o = torch.empty((batch, n * d), dtype=q.dtype, device=q.device)
+    _kernels().attn[(batch, n_kv)](
+        q, cache, cache.stride(0), cache.stride(1), cache.stride(2), start, slot, o, scale,
+        H=n, G=n // n_kv, D=d, BJ=64, PREC=_prec(q.dtype), num_warps=4, num_stages=3,
+    )  # fmt: skip
+    return o
+
+
+def _candidates() -> list[tuple[int, int, int, int]]:
+    """(BN, BK, stages, warps)."""
+    return [(bn, bk, st, 4) for bn in (16, 32, 64, 128) for bk in (64, 128, 256) for st in (3, 5)]
+
+
+def _mm(x: torch.Tensor, w: torch.Tensor, cfg: tuple[int, int, int, int]) -> torch.Tensor:
+    bn, bk, stages, warps = cfg
+    m, k = x.shape
+    n = w.shape[0]
+    y = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    bm = max(16, 1 << (m - 1).bit_length())
+    _kernels().mm[(math.ceil(n / bn),)](
+        x, w, y, m, n, k, BM=bm, BN=bn, BK=bk, PREC=_prec(x.dtype), num_stages=stages, num_warps=warps
+    )
+    return y
+
+
+@functools.cache
+def config_for(m: int, n: int, k: int, dtype: torch.dtype) -> tuple[int, int, int, int] | None:
+    """The fastest tiles for this shape, or None where cuBLAS is as fast; timed once per process."""
+    from triton.testing import do_bench
+
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    w = torch.randn(n, k, device="cuda", dtype=dtype)
+    best, best_t = None, do_bench(lambda: F.linear(x, w), warmup=5, rep=20)
+    cublas = best_t
+    for cfg in _candidates():
+        if k % cfg[1]:
+            continue
+        try:
+            t = do_bench(lambda cfg=cfg: _mm(x, w, cfg), warmup=5, rep=20)
+        except Exception as e:  # tiles the compiler rejects (shared memory) are skipped
+            log.debug("decode GEMM tiles %s failed: %s", cfg, e)
+            continue
+        if t < best_t:
+            best, best_t = cfg, t
+    log.info("decode GEMM %dx%dx%d: %s %.1f us, cuBLAS %.1f us", m, n, k, best or "cuBLAS", best_t * 1e3, cublas * 1e3)
+    return best
+
+
+def linear(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    """F.linear(x, w) without bias for x [..., K] on the GPU, through `mm` where it was timed faster."""
+    flat = x.reshape(-1, x.shape[-1])
+    if x.is_cuda and flat.shape[0] <= MAX_ROWS and flat.is_contiguous() and w.is_contiguous() and x.dtype == w.dtype:
+        cfg = config_for(flat.shape[0], w.shape[0], flat.shape[1], x.dtype)
+        if cfg is not None:
+            return _mm(flat, w, cfg).view(*x.shape[:-1], w.shape[0])
+    return F.linear(x, w)
