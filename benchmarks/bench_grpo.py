@@ -451,7 +451,9 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
     # and LoRA factor); with it (_fuse: one GEMM per group for the base weights and LoRA A) and the
     # compiled glue; with it and the Triton decode kernels (the default on CUDA).
     per_variant = {}
-    for variant, fuse, kernels in (("unfused", False, False), ("glue", True, False), ("kernels", True, True)):
+    variants = (("unfused", False, False), ("glue", True, False), ("kernels", True, True))
+    only = os.environ.get("BENCH_ROLLOUT_ONLY")  # e.g. "kernels": time only these variants
+    for variant, fuse, kernels in [v for v in variants if not only or v[0] in only.split(",")]:
         engine = RolloutEngine(model, eos_token_ids=[EOS_ID], pad_token_id=EOS_ID, fuse=fuse, kernels=kernels)
         if os.environ.get("BENCH_DECODE_ATTENTION"):
             engine.decode_attention = os.environ["BENCH_DECODE_ATTENTION"]
@@ -489,8 +491,8 @@ def run_rollout(model_dir: Path, repeats: int) -> dict[str, Any]:
         "rollout_tok_s": len(prompts) * COMPLETION_LEN / med,
         "first_s": times[0],
         "ms_per_token_step": 1000 * med / COMPLETION_LEN,
-        "unfused_rollout_s": per_variant["unfused"],
-        "glue_rollout_s": per_variant["glue"],
+        "unfused_rollout_s": per_variant.get("unfused"),
+        "glue_rollout_s": per_variant.get("glue"),
         "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
     }
 
