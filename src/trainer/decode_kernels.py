@@ -82,11 +82,12 @@ def qkv_to_cache(
     bm, cols = lora if lora is not None else (y, [(0, 0)] * 3)
     (cq, rq), (ck, rk), (cv, rv) = cols
     qw, kw = qk_norm if qk_norm is not None else (y, y)
-    _kernels().qkv[(batch, n + 2 * n_kv)](
+    bb = 16  # rows per program: the LoRA terms are one [16, r] x [r, D/2] tensor-core product per half
+    _kernels().qkv[(math.ceil(batch / bb), n + 2 * n_kv)](
         y, y.stride(0), (n + 2 * n_kv) * d, bm, bm.stride(0), cq, rq, ck, rk, cv, rv, qw, kw,
-        cos, sin, cos.stride(0), q, cache, cache.stride(0), cache.stride(1), cache.stride(2), slot, eps,
-        H=n, HKV=n_kv, D=d, RB=_rank_block(cols), HAS_LORA=lora is not None, HAS_NORM=qk_norm is not None,
-        num_warps=1,
+        cos, sin, cos.stride(0), q, cache, cache.stride(0), cache.stride(1), cache.stride(2), slot, eps, batch,
+        H=n, HKV=n_kv, D=d, BB=bb, RB=_rank_block(cols), HAS_LORA=lora is not None,
+        HAS_NORM=qk_norm is not None, PREC=_prec(y.dtype), num_warps=4,
     )  # fmt: skip
     return q
 
@@ -107,14 +108,41 @@ def silu_mul(y: torch.Tensor, lora: Any, inter: int) -> torch.Tensor:
 
 def attend(q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, slot: torch.Tensor, scale: float) -> torch.Tensor:
     """q [B, H, D]; attends over cache slots start[b] .. slot (inclusive). Returns [B, H * D]."""
+    cfg = attn_config(*q.shape, cache.shape[2], cache.shape[3], q.dtype) if q.is_cuda else (64, 3, 4)
+    return _attend(q, cache, start, slot, scale, cfg)
+
+
+def _attend(q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, slot: torch.Tensor, scale: float,
+            cfg: tuple[int, int, int]) -> torch.Tensor:  # fmt: skip
     batch, n, d = q.shape
     n_kv = cache.shape[2]
+    bj, stages, warps = cfg
     o = torch.empty((batch, n * d), dtype=q.dtype, device=q.device)
     _kernels().attn[(batch, n_kv)](
         q, cache, cache.stride(0), cache.stride(1), cache.stride(2), start, slot, o, scale,
-        H=n, G=n // n_kv, D=d, BJ=64, PREC=_prec(q.dtype), num_warps=4, num_stages=3,
+        H=n, G=n // n_kv, D=d, BJ=bj, PREC=_prec(q.dtype), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return o
+
+
+@functools.cache
+def attn_config(batch: int, n: int, d: int, n_kv: int, slots: int, dtype: torch.dtype) -> tuple[int, int, int]:
+    """(BJ, stages, warps) for `attend`, the fastest over a full cache, timed once per process."""
+    from triton.testing import do_bench
+
+    q = torch.randn(batch, n, d, device="cuda", dtype=dtype)
+    cache = torch.randn(2, batch, n_kv, slots, d, device="cuda", dtype=dtype)
+    start = torch.zeros(batch, dtype=torch.long, device="cuda")
+    slot = torch.full((1,), slots - 1, dtype=torch.long, device="cuda")
+    timed = {}
+    for cfg in [(bj, st, wp) for bj in (32, 64, 128) for st in (2, 3, 4) for wp in (4, 8)]:
+        try:
+            timed[cfg] = do_bench(lambda cfg=cfg: _attend(q, cache, start, slot, d**-0.5, cfg), warmup=5, rep=20)
+        except Exception as e:  # tiles the compiler rejects are skipped
+            log.debug("decode attention tiles %s failed: %s", cfg, e)
+    best = min(timed, key=timed.get)
+    log.info("decode attention %d x %d slots: %s %.1f us", batch, slots, best, timed[best] * 1e3)
+    return best
 
 
 def _candidates() -> list[tuple[int, int, int, int]]:

@@ -9,29 +9,32 @@ import triton.language as tl
 
 
 @triton.jit
-def lora_term(y_row, bm, b_row, rows, c, r, RB: tl.constexpr):
-    """For output rows `rows` of a group: (x A^T)[c:c+r] @ B[rows, c:c+r]^T in float32, where
-    x A^T sits in `y_row` (the group GEMM's output row, after the base outputs) and B is the
-    block-diagonal, pre-scaled B buffer. Rounded by the caller, as the LoRA GEMM's output was."""
+def lora_tile(y, rows_ok, bm, b_row, outs, c, r, RB: tl.constexpr, PREC: tl.constexpr):
+    """LoRA terms for a tile of rows x output features of a group: (x A^T)[rows, c:c+r] @
+    B[outs, c:c+r]^T as one tensor-core product, float32. y: the rows' group GEMM outputs from
+    where x A^T starts ([rows, 1] pointers); B: the block-diagonal, pre-scaled B buffer."""
     j = tl.arange(0, RB)
-    mid = tl.load(y_row + c + j, mask=j < r, other=0.0).to(tl.float32)
-    bt = tl.load(bm + rows[:, None] * b_row + (c + j)[None, :], mask=(j < r)[None, :], other=0.0).to(tl.float32)
-    return tl.sum(bt * mid[None, :], 1)
+    mid = tl.load(y + c + j[None, :], mask=rows_ok[:, None] & (j < r)[None, :], other=0.0)
+    bt = tl.load(bm + outs[:, None] * b_row + (c + j)[None, :], mask=(j < r)[None, :], other=0.0)
+    return tl.dot(mid, tl.trans(bt), input_precision=PREC)
 
 
 # fmt: off
 @triton.jit
 def qkv(y, y_row, nb, bm, b_row, cq, rq, ck, rk, cv, rv, qw, kw, cos, sin, cs_row, q_out,
-        cache, c_kv, c_b, c_h, slot_ptr, eps,
-        H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, RB: tl.constexpr,
-        HAS_LORA: tl.constexpr, HAS_NORM: tl.constexpr):
-    b = tl.program_id(0)
-    h = tl.program_id(1)  # q heads, then k heads, then v heads
+        cache, c_kv, c_b, c_h, slot_ptr, eps, B,
+        H: tl.constexpr, HKV: tl.constexpr, D: tl.constexpr, BB: tl.constexpr, RB: tl.constexpr,
+        HAS_LORA: tl.constexpr, HAS_NORM: tl.constexpr, PREC: tl.constexpr):
+    """One head (q heads, then k, then v) for BB rows: LoRA add, q/k RMSNorm and rotary, then q
+    to q_out [B, H, D] and k, v into the cache at `slot`."""
+    rows = tl.program_id(0) * BB + tl.arange(0, BB)
+    h = tl.program_id(1)
+    ok = rows < B
     HALF: tl.constexpr = D // 2
     i = tl.arange(0, HALF)
-    row = y + b * y_row
-    x1 = tl.load(row + h * D + i)
-    x2 = tl.load(row + h * D + HALF + i)
+    row = y + rows[:, None] * y_row
+    x1 = tl.load(row + h * D + i[None, :], mask=ok[:, None], other=0.0)
+    x2 = tl.load(row + h * D + HALF + i[None, :], mask=ok[:, None], other=0.0)
     dt = x1.dtype
     if HAS_LORA:
         if h < H:
@@ -40,36 +43,42 @@ def qkv(y, y_row, nb, bm, b_row, cq, rq, ck, rk, cv, rv, qw, kw, cos, sin, cs_ro
             c, r = ck, rk
         else:
             c, r = cv, rv
-        x1 = (x1.to(tl.float32) + lora_term(row + nb, bm, b_row, h * D + i, c, r, RB).to(dt).to(tl.float32)).to(dt)
-        x2 = (x2.to(tl.float32) + lora_term(row + nb, bm, b_row, h * D + HALF + i, c, r, RB).to(dt).to(tl.float32)).to(dt)
+        l1 = lora_tile(row + nb, ok, bm, b_row, h * D + i, c, r, RB, PREC)
+        l2 = lora_tile(row + nb, ok, bm, b_row, h * D + HALF + i, c, r, RB, PREC)
+        x1 = (x1.to(tl.float32) + l1.to(dt).to(tl.float32)).to(dt)
+        x2 = (x2.to(tl.float32) + l2.to(dt).to(tl.float32)).to(dt)
     slot = tl.load(slot_ptr)
     if h < H + HKV:
         f1, f2 = x1.to(tl.float32), x2.to(tl.float32)
         if HAS_NORM:
-            rs = tl.rsqrt((tl.sum(f1 * f1, 0) + tl.sum(f2 * f2, 0)) / D + eps)
+            rs = tl.rsqrt((tl.sum(f1 * f1, 1) + tl.sum(f2 * f2, 1)) / D + eps)[:, None]
             if h < H:
                 w = qw
             else:
                 w = kw
-            f1 = (tl.load(w + i).to(tl.float32) * (f1 * rs).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-            f2 = (tl.load(w + HALF + i).to(tl.float32) * (f2 * rs).to(dt).to(tl.float32)).to(dt).to(tl.float32)
-        c1 = tl.load(cos + b * cs_row + i).to(tl.float32)
-        c2 = tl.load(cos + b * cs_row + HALF + i).to(tl.float32)
-        s1 = tl.load(sin + b * cs_row + i).to(tl.float32)
-        s2 = tl.load(sin + b * cs_row + HALF + i).to(tl.float32)
+            w1 = tl.load(w + i).to(tl.float32)[None, :]
+            w2 = tl.load(w + HALF + i).to(tl.float32)[None, :]
+            f1 = (w1 * (f1 * rs).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+            f2 = (w2 * (f2 * rs).to(dt).to(tl.float32)).to(dt).to(tl.float32)
+        cs = rows[:, None] * cs_row + i[None, :]
+        c1 = tl.load(cos + cs, mask=ok[:, None], other=0.0).to(tl.float32)
+        c2 = tl.load(cos + cs + HALF, mask=ok[:, None], other=0.0).to(tl.float32)
+        s1 = tl.load(sin + cs, mask=ok[:, None], other=0.0).to(tl.float32)
+        s2 = tl.load(sin + cs + HALF, mask=ok[:, None], other=0.0).to(tl.float32)
         # x * cos + rotate_half(x) * sin, rotate_half(x) = (-x2, x1); each product rounded, as in eager
         o1 = ((f1 * c1).to(dt).to(tl.float32) + (-f2 * s1).to(dt).to(tl.float32)).to(dt)
         o2 = ((f2 * c2).to(dt).to(tl.float32) + (f1 * s2).to(dt).to(tl.float32)).to(dt)
         if h < H:
-            dst = q_out + (b * H + h) * D
+            dst = q_out + (rows[:, None] * H + h) * D
         else:
-            dst = cache + b * c_b + (h - H) * c_h + slot * D
-        tl.store(dst + i, o1)
-        tl.store(dst + HALF + i, o2)
+            dst = cache + rows[:, None] * c_b + (h - H) * c_h + slot * D
+        tl.store(dst + i[None, :], o1, mask=ok[:, None])
+        tl.store(dst + HALF + i[None, :], o2, mask=ok[:, None])
     else:
-        dst = cache + c_kv + b * c_b + (h - H - HKV) * c_h + slot * D
-        tl.store(dst + i, x1)
-        tl.store(dst + HALF + i, x2)
+        dst = cache + c_kv + rows[:, None] * c_b + (h - H - HKV) * c_h + slot * D
+        tl.store(dst + i[None, :], x1, mask=ok[:, None])
+        tl.store(dst + HALF + i[None, :], x2, mask=ok[:, None])
+
 
 @triton.jit
 def silu_mul(y, y_row, bm, b_row, cg, rg, cu, ru, a, inter, B,
@@ -85,16 +94,10 @@ def silu_mul(y, y_row, bm, b_row, cg, rg, cu, ru, a, inter, B,
     u = tl.load(src + inter + n[None, :], mask=ok, other=0.0)
     dt = a.dtype.element_ty
     if HAS_LORA:
-        j = tl.arange(0, RB)
-        mg = tl.load(src + 2 * inter + cg + j[None, :], mask=r_ok[:, None] & (j < rg)[None, :], other=0.0)
-        mu = tl.load(src + 2 * inter + cu + j[None, :], mask=r_ok[:, None] & (j < ru)[None, :], other=0.0)
-        bg = tl.load(bm + n[:, None] * b_row + (cg + j)[None, :], mask=n_ok[:, None] & (j < rg)[None, :], other=0.0)
-        bu = tl.load(bm + (inter + n)[:, None] * b_row + (cu + j)[None, :], mask=n_ok[:, None] & (j < ru)[None, :],
-                     other=0.0)
-        lg = tl.dot(mg, tl.trans(bg), input_precision=PREC).to(dt)
-        lu = tl.dot(mu, tl.trans(bu), input_precision=PREC).to(dt)
-        g = (g.to(tl.float32) + lg.to(tl.float32)).to(dt)
-        u = (u.to(tl.float32) + lu.to(tl.float32)).to(dt)
+        lg = lora_tile(src + 2 * inter, r_ok, bm, b_row, n, cg, rg, RB, PREC)
+        lu = lora_tile(src + 2 * inter, r_ok, bm, b_row, inter + n, cu, ru, RB, PREC)
+        g = (g.to(tl.float32) + lg.to(dt).to(tl.float32)).to(dt)
+        u = (u.to(tl.float32) + lu.to(dt).to(tl.float32)).to(dt)
     gf = g.to(tl.float32)
     act = (gf / (1.0 + tl.exp(-gf))).to(dt)  # F.silu: float32 inside, rounded
     tl.store(a + rows[:, None] * inter + n[None, :], (act.to(tl.float32) * u.to(tl.float32)).to(dt), mask=ok)

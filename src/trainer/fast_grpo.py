@@ -133,6 +133,18 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         )
     ):
         return type(self).forward(self, x, *args, **kwargs)
+    if len(active) == 1 and not self.base_layer.weight.requires_grad:
+        a = active[0]
+        dtype = torch.get_autocast_dtype(x.device.type)
+        flat = _LoraLinear.apply(
+            x.reshape(-1, x.shape[-1]).to(dtype),
+            self.base_layer.weight.to(dtype),
+            None if self.base_layer.bias is None else self.base_layer.bias.to(dtype),
+            self.lora_A[a].weight.to(dtype),
+            self.lora_B[a].weight.to(dtype),
+            self.scaling[a],
+        )
+        return flat.view(*x.shape[:-1], flat.shape[-1])
     # 2-D, so that the in-place add below writes into the GEMM's own output, not into a view of it
     # (autograd undoes an in-place op on a view with a full copy in the backward).
     flat = self.base_layer(x.reshape(-1, x.shape[-1]))
@@ -144,6 +156,35 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         # cover in-place ops, hence the cast of B that autocast would otherwise make.
         flat.addmm_(xa, self.lora_B[a].weight.t().to(flat.dtype), alpha=self.scaling[a])
     return flat.view(*x.shape[:-1], flat.shape[-1])
+
+
+class _LoraLinear(torch.autograd.Function):
+    """y = x W^T + s (x A^T) B^T with W frozen, its backward written out so that the input's
+    gradient is one GEMM plus one accumulating GEMM (dx = dy W, then dx += s (dy B) A in place).
+    Through autograd the two terms came from separate nodes and were summed by an add kernel that
+    reads and writes the whole input gradient: 7 per layer, about a third of the 68 ms of bf16
+    adds in a Qwen3-4B GRPO step's training part (docs/benchmarks.md). Same products otherwise."""
+
+    @staticmethod
+    def forward(ctx: Any, x, weight, bias, a, b, scale: float):  # noqa: ANN001, ANN205
+        y = F.linear(x, weight, bias)
+        xa = F.linear(x, a)
+        y.addmm_(xa, b.t(), alpha=scale)  # in place: no copy of the base output (see above)
+        ctx.save_for_backward(x, weight, a, b, xa)
+        ctx.scale = scale
+        return y
+
+    @staticmethod
+    def backward(ctx: Any, dy):  # noqa: ANN001, ANN205
+        x, weight, a, b, xa = ctx.saved_tensors
+        s = ctx.scale
+        dy = dy.contiguous()
+        dyb = dy @ b
+        dx = dy @ weight
+        dx.addmm_(dyb, a, alpha=s)
+        da = torch.mm(dyb.t(), x).mul_(s)
+        db = torch.mm(dy.t(), xa).mul_(s)
+        return dx, None, None, da, db, None
 
 
 @contextlib.contextmanager
