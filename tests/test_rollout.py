@@ -303,3 +303,26 @@ def test_gpu_bf16_logprobs_match_a_full_forward(tiny_model_dir: Path) -> None:
         ref = logits.log_softmax(-1).gather(-1, full[0, len(prompt) :, None])[:, 0].cpu()
         worst = max(worst, (torch.tensor(logps) - ref).abs().max().item())
     assert worst < 0.1, worst
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize(("temperature", "min_p"), [(1.0, 0.05), (0.7, None)])
+def test_gpu_kernel_sampler_draws_from_the_filtered_distribution(temperature: float, min_p: float | None) -> None:
+    """decode_kernels.sample (the Triton sampler the decode graph uses): token frequencies equal
+    the filtered distribution across vocabulary chunks, and each log-prob is the unfiltered one."""
+    from trainer import decode_kernels
+
+    vocab, rows, idx = 10_000, 40_000, [3, 4100, 4101, 8200, 9999]  # tokens in three of the sampler's chunks
+    row = torch.full((vocab,), -30.0)
+    row[idx] = torch.tensor([2.0, 1.0, 0.5, -1.0, -6.0])
+    logits = row.to(torch.bfloat16).cuda().expand(rows, -1).contiguous()
+    seed, step = torch.tensor([1234], device="cuda"), torch.tensor([7], device="cuda")
+    token, logp = decode_kernels.sample(logits, temperature, min_p, seed, step)
+    probs = filter_logits(logits[:1].float(), Sampling(temperature=temperature, min_p=min_p)).softmax(-1)[0]
+    freq = torch.bincount(token, minlength=vocab).float() / rows
+    torch.testing.assert_close(freq.cpu(), probs.cpu(), atol=0.01, rtol=0)
+    want = (logits.float() / temperature).log_softmax(-1).gather(-1, token[:, None])[:, 0]
+    torch.testing.assert_close(logp, want, atol=1e-5, rtol=0)
+    again, _ = decode_kernels.sample(logits, temperature, min_p, seed, step + 1)
+    assert (again != token).float().mean() > 0.2  # the next step draws fresh noise

@@ -82,12 +82,11 @@ def qkv_to_cache(
     bm, cols = lora if lora is not None else (y, [(0, 0)] * 3)
     (cq, rq), (ck, rk), (cv, rv) = cols
     qw, kw = qk_norm if qk_norm is not None else (y, y)
-    bb = 16  # rows per program: the LoRA terms are one [16, r] x [r, D/2] tensor-core product per half
-    _kernels().qkv[(math.ceil(batch / bb), n + 2 * n_kv)](
+    _kernels().qkv[(batch, n + 2 * n_kv)](
         y, y.stride(0), (n + 2 * n_kv) * d, bm, bm.stride(0), cq, rq, ck, rk, cv, rv, qw, kw,
-        cos, sin, cos.stride(0), q, cache, cache.stride(0), cache.stride(1), cache.stride(2), slot, eps, batch,
-        H=n, HKV=n_kv, D=d, BB=bb, RB=_rank_block(cols), HAS_LORA=lora is not None,
-        HAS_NORM=qk_norm is not None, PREC=_prec(y.dtype), num_warps=4,
+        cos, sin, cos.stride(0), q, cache, cache.stride(0), cache.stride(1), cache.stride(2), slot, eps,
+        H=n, HKV=n_kv, D=d, RB=_rank_block(cols), HAS_LORA=lora is not None, HAS_NORM=qk_norm is not None,
+        num_warps=1,
     )  # fmt: skip
     return q
 
@@ -143,6 +142,41 @@ def attn_config(batch: int, n: int, d: int, n_kv: int, slots: int, dtype: torch.
     best = min(timed, key=timed.get)
     log.info("decode attention %d x %d slots: %s %.1f us", batch, slots, best, timed[best] * 1e3)
     return best
+
+
+SAMPLE_CHUNK = 4096  # vocabulary entries per program of the sampler
+
+
+def samples_here(s: Any) -> bool:
+    """Whether `sample` draws for these settings (rollout.Sampling): temperature and min_p only."""
+    return s.do_sample and not s.top_k and s.top_p >= 1.0
+
+
+def sample(
+    logits: torch.Tensor, temperature: float, min_p: float | None, seed: torch.Tensor, step: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """rollout.choose_tokens for `samples_here` settings in three kernels over [B, V] logits (any
+    float dtype): (token [B], log-probability [B] under the temperature-scaled, unfiltered softmax).
+    The noise comes from Philox keyed by seed + step (device tensors [1]), so a captured graph draws
+    fresh noise at every replay and every rollout (a new seed)."""
+    batch, vocab = logits.shape
+    nc = math.ceil(vocab / SAMPLE_CHUNK)
+    ncb = max(16, 1 << (nc - 1).bit_length())
+    dev = logits.device
+    part = torch.empty((batch, nc, 2), dtype=torch.float32, device=dev)
+    best_r = torch.empty((batch, nc), dtype=torch.float32, device=dev)
+    best_i = torch.empty((batch, nc), dtype=torch.int32, device=dev)
+    token = torch.empty(batch, dtype=torch.long, device=dev)
+    logp = torch.empty(batch, dtype=torch.float32, device=dev)
+    log_min_p = math.log(min_p) if min_p else -math.inf
+    k = _kernels()
+    k.sample_stats[(batch, nc)](logits, logits.stride(0), temperature, part, vocab, nc, CH=SAMPLE_CHUNK)
+    k.sample_race[(batch, nc)](
+        logits, logits.stride(0), temperature, log_min_p, part, best_r, best_i, seed, step, vocab, nc,
+        CH=SAMPLE_CHUNK, NCB=ncb,
+    )  # fmt: skip
+    k.sample_pick[(batch,)](logits, logits.stride(0), temperature, part, best_r, best_i, token, logp, nc, NCB=ncb)
+    return token, logp
 
 
 def _candidates() -> list[tuple[int, int, int, int]]:

@@ -393,6 +393,7 @@ class _State:
     slot: torch.Tensor  # [1] the cache slot this step writes
     t: torch.Tensor  # [1] the completion index this step produces
     finished: torch.Tensor  # [B] bool
+    seed: torch.Tensor  # [1] this rollout's noise seed (decode_kernels.sample)
     out: torch.Tensor  # [B, C] completion tokens
     out_logp: torch.Tensor  # [B, C] float32
     arange: torch.Tensor  # [S]
@@ -456,6 +457,7 @@ class RolloutEngine:
         self._pool = None
         self.sampling: Sampling | None = None
         self._kernel_path = False
+        self._kernel_sampler = False
 
     # -- public -------------------------------------------------------------------------------
 
@@ -467,6 +469,7 @@ class RolloutEngine:
         self._prepare(batch, slots, max_new_tokens, sampling)
         st = self.state
         n = self._prefill(prompt_ids, p_pad)
+        st.seed.fill_(int(torch.randint(0, 2**31 - 1, (1,))))  # torch's generator: reproducible under manual_seed
         t = 1
         while t < max_new_tokens:
             # This step writes slot p_pad + t - 1. The attention kernel reads only the live slots,
@@ -506,6 +509,11 @@ class RolloutEngine:
         self._kernel_path = self.kernels and all(
             g.fused is not None and (g.a is None or g.folded) for layer in self.adapters.groups for g in layer
         )
+        self._kernel_sampler = (
+            self._kernel_path
+            and decode_kernels.samples_here(sampling)
+            and getattr(self.lm_head, "bias", True) is None  # a plain Linear without bias
+        )
         self.state = self._allocate(batch, slots, new_tokens)
         self.sampling = sampling
 
@@ -526,6 +534,7 @@ class RolloutEngine:
             slot=torch.zeros(1, dtype=long, device=dev),
             t=torch.zeros(1, dtype=long, device=dev),
             finished=torch.zeros(batch, dtype=torch.bool, device=dev),
+            seed=torch.zeros(1, dtype=long, device=dev),
             out=torch.full((batch, new_tokens), self.pad, dtype=long, device=dev),
             out_logp=torch.zeros((batch, new_tokens), dtype=torch.float32, device=dev),
             arange=torch.arange(slots, device=dev),
@@ -678,8 +687,13 @@ class RolloutEngine:
             valid = (ar[None] >= st.start[:, None]) & (ar[None] <= st.slot)
             bias = _bias(valid[:, None, None], self.dtype)
         h = self._forward(st.tok[:, None], st.pos[:, None], bias, st.slot, kv_len, fused=True)
-        logits = self._logits(h, decode_kernels.linear if self._kernel_path else None)
-        token, logp = self._choose(logits, self._noise(logits))
+        if self._kernel_sampler:
+            logits = decode_kernels.linear(h[:, -1], self.lm_head.weight)  # read in its own dtype: no float32 copy
+            s = self.sampling
+            token, logp = decode_kernels.sample(logits, s.temperature, s.min_p, st.seed, st.t)
+        else:
+            logits = self._logits(h, decode_kernels.linear if self._kernel_path else None)
+            token, logp = self._choose(logits, self._noise(logits))
         token = torch.where(st.finished, self.pad, token)
         logp = logp.masked_fill(st.finished, 0.0)
         st.out.index_copy_(1, st.t, token[:, None])
