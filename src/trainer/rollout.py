@@ -4,7 +4,10 @@ Why: a GRPO step is mostly sampling. `transformers.generate` pays Python and lau
 every token (and, in TRL's train-mode path with gradient checkpointing, runs without a KV cache),
 so it reaches a small fraction of what the GPU can do. Here the decode step for the whole batch
 (every layer, LoRA, sampling, EOS bookkeeping) is captured once in a CUDA graph per KV-length
-bucket and replayed per token; all state lives in fixed-shape buffers on the device.
+bucket and replayed per token; all state lives in fixed-shape buffers on the device. On CUDA the
+decode step runs through trainer.decode_kernels (Triton: LoRA + norm + rotary + cache write,
+live-slot attention, SwiGLU, few-row GEMMs, the sampler), which reads only the live cache slots,
+so one graph serves every step; `kernels=False` keeps the compiled-glue path (A/B timing, CPU).
 
 What is shared with the model being trained: the decoder's own modules and base weights, read in
 place (no copy of the model). The first engine moves the frozen base weights of each group
