@@ -57,8 +57,13 @@ def _prec(dtype: torch.dtype) -> str:
     return "ieee" if dtype == torch.float32 else "tf32"  # tf32 only matters for float32 inputs
 
 
+def _block(n: int) -> int:
+    """A power-of-two block covering n, at least 16 (Triton's aranges; tl.dot's smallest side)."""
+    return max(16, 1 << (n - 1).bit_length())
+
+
 def _rank_block(cols: list[tuple[int, int]]) -> int:
-    return max(16, 1 << (max(r for _, r in cols) - 1).bit_length()) if cols else 16
+    return _block(max((r for _, r in cols), default=0))
 
 
 def qkv_to_cache(
@@ -161,7 +166,7 @@ def sample(
     fresh noise at every replay and every rollout (a new seed)."""
     batch, vocab = logits.shape
     nc = math.ceil(vocab / SAMPLE_CHUNK)
-    ncb = max(16, 1 << (nc - 1).bit_length())
+    ncb = _block(nc)
     dev = logits.device
     part = torch.empty((batch, nc, 2), dtype=torch.float32, device=dev)
     best_r = torch.empty((batch, nc), dtype=torch.float32, device=dev)
@@ -192,7 +197,7 @@ def _mm(x: torch.Tensor, w: torch.Tensor, cfg: tuple[int, int, int, int]) -> tor
     m, k = x.shape
     n = w.shape[0]
     y = torch.empty((m, n), dtype=x.dtype, device=x.device)
-    bm = max(16, 1 << (m - 1).bit_length())
+    bm = _block(m)
     _kernels().mm[(math.ceil(n / bn),)](
         x, w, y, m, n, k, BM=bm, BN=bn, BK=bk, PREC=_prec(x.dtype), num_stages=stages, num_warps=warps
     )

@@ -333,13 +333,16 @@ class _Adapters:
         bases = [m.base_layer if hasattr(m, "lora_A") else m for m in modules]
         splits = [base.weight.shape[0] for base in bases]
         terms = []  # (row offset of the projection's outputs, A, B, scale)
+        cols = []  # per projection: its first column in `b`, its rank (its adapters' columns are adjacent)
         for m, row in zip(modules, _row_offsets(splits), strict=True):
+            first = sum(t[1].shape[0] for t in terms)
             for name in _active_adapters(m) if hasattr(m, "lora_A") else []:
                 terms.append((row, m.lora_A[name].weight, m.lora_B[name].weight, float(m.scaling[name])))
+            cols.append((first, sum(t[1].shape[0] for t in terms) - first))
         rank = sum(t[1].shape[0] for t in terms)
         fold = rank > 0 and all(b.weight.dtype == self.dtype for b in bases)
         fused = _fuse(bases, rank if fold else 0) if self.fuse else None
-        group = _Group([b.weight for b in bases], [b.bias for b in bases], splits, None, None, fused)
+        group = _Group([b.weight for b in bases], [b.bias for b in bases], splits, None, None, fused, cols=cols)
         if terms:
             ref = terms[0][1]
             group.folded = fold and fused is not None
@@ -348,11 +351,6 @@ class _Adapters:
             else:
                 group.a = torch.empty((rank, ref.shape[1]), dtype=self.dtype, device=ref.device)
             group.b = torch.zeros((sum(splits), rank), dtype=self.dtype, device=ref.device)
-            col = 0
-            for m in modules:  # adapters of one projection take adjacent columns (the loop below)
-                r_m = sum(m.lora_A[n].weight.shape[0] for n in _active_adapters(m)) if hasattr(m, "lora_A") else 0
-                group.cols.append((col, r_m))
-                col += r_m
             col = 0
             for row0, A, B, scale in terms:
                 r = A.shape[0]
@@ -512,11 +510,7 @@ class RolloutEngine:
         self._kernel_path = self.kernels and all(
             g.fused is not None and (g.a is None or g.folded) for layer in self.adapters.groups for g in layer
         )
-        self._kernel_sampler = (
-            self._kernel_path
-            and decode_kernels.samples_here(sampling)
-            and getattr(self.lm_head, "bias", True) is None  # a plain Linear without bias
-        )
+        self._kernel_sampler = self._kernel_path and decode_kernels.samples_here(sampling)
         self.state = self._allocate(batch, slots, new_tokens)
         self.sampling = sampling
 
@@ -642,9 +636,10 @@ class RolloutEngine:
         return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, scale=scale, enable_gqa=group > 1)
 
     def _logits(self, h: torch.Tensor, mm: Any = None) -> torch.Tensor:
+        """The last position's logits [B, V] in the model's dtype (`mm`: the GEMM for a bias-free head)."""
         if mm is not None and getattr(self.lm_head, "bias", True) is None:
-            return mm(h[:, -1], self.lm_head.weight).float()
-        return self.lm_head(h[:, -1:])[:, 0].float()
+            return mm(h[:, -1], self.lm_head.weight)
+        return self.lm_head(h[:, -1:])[:, 0]
 
     # -- prefill, decode ----------------------------------------------------------------------
 
@@ -663,7 +658,7 @@ class RolloutEngine:
         valid |= torch.eye(p_pad, dtype=torch.bool, device=dev)[None]
         bias = _bias(valid[:, None], self.dtype)
         h = self._forward(ids, positions, bias, slice(0, p_pad), p_pad, fused=False)
-        logits = self._logits(h)
+        logits = self._logits(h).float()
         token, logp = choose_tokens(logits, self.sampling, self._noise(logits))
         st.start.copy_(start)
         st.pos.copy_(lengths)
@@ -690,12 +685,12 @@ class RolloutEngine:
             valid = (ar[None] >= st.start[:, None]) & (ar[None] <= st.slot)
             bias = _bias(valid[:, None, None], self.dtype)
         h = self._forward(st.tok[:, None], st.pos[:, None], bias, st.slot, kv_len, fused=True)
-        if self._kernel_sampler:
-            logits = decode_kernels.linear(h[:, -1], self.lm_head.weight)  # read in its own dtype: no float32 copy
+        logits = self._logits(h, decode_kernels.linear if self._kernel_path else None)
+        if self._kernel_sampler:  # reads the logits in their own dtype: no float32 copy
             s = self.sampling
             token, logp = decode_kernels.sample(logits, s.temperature, s.min_p, st.seed, st.t)
         else:
-            logits = self._logits(h, decode_kernels.linear if self._kernel_path else None)
+            logits = logits.float()
             token, logp = self._choose(logits, self._noise(logits))
         token = torch.where(st.finished, self.pad, token)
         logp = logp.masked_fill(st.finished, 0.0)
