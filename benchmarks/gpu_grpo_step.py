@@ -8,7 +8,8 @@ first as the CLI does; then prints TRL's `step_time` of each step (rollout gener
 forward and backward) and torch's peak allocated and reserved GPU memory for the whole stage (model
 load included; reserved is what the caching allocator held, CUDA's own context not counted).
 The step times are read from the last checkpoint's trainer_state.json, so grpo.save_steps must
-divide grpo.max_steps.
+divide grpo.max_steps. GPU_MEMORY_CAP_GIB=22 caps what this process may allocate on the GPU
+(torch.cuda.set_per_process_memory_fraction), to show the recipe fits a 24 GB card on a bigger one.
 """
 
 from __future__ import annotations
@@ -30,9 +31,16 @@ def main(argv: list[str]) -> int:
         from trainer.unsloth_backend import activate
 
         activate()
+    import os
     import threading
 
     import torch
+
+    cap = float(os.environ.get("GPU_MEMORY_CAP_GIB", 0))
+    if cap:
+        total = torch.cuda.get_device_properties(0).total_memory
+        torch.cuda.set_per_process_memory_fraction(min(1.0, cap * 2**30 / total))
+        print(f"GPU memory capped at {cap:.1f} GiB of {total / 2**30:.1f}", flush=True)
 
     def report_peak() -> None:  # so that a run stopped mid-way still tells its peak so far
         while not done.wait(30):
@@ -65,6 +73,7 @@ def main(argv: list[str]) -> int:
         ],
         "peak_allocated_gib": torch.cuda.max_memory_allocated() / 2**30,
         "peak_reserved_gib": torch.cuda.max_memory_reserved() / 2**30,
+        "memory_cap_gib": cap or None,
     }
     (stage_dir(cfg, "grpo") / "bench.json").write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))
@@ -76,7 +85,7 @@ def main(argv: list[str]) -> int:
     for s in result["steps"]:
         print(f"  step {s['step']}: {s['step_time']:.1f} s, mean completion {s['completions/mean_length']:.0f} tokens")
     if later:
-        print(f"  median of steps 2+: {statistics.median(later):.1f} s (step 1 includes Unsloth's compilation)")
+        print(f"  median of steps 2+: {statistics.median(later):.1f} s (step 1 includes compilation and tuning)")
     print(
         f"  peak GPU memory: {result['peak_allocated_gib']:.1f} GiB allocated, {result['peak_reserved_gib']:.1f} GiB reserved"
     )

@@ -8,6 +8,9 @@
 #                                        the model in /tmp/q4b is built once per machine and reused;
 #                                        BENCH4B_RESUME=1: a checkpoint every step, and a rerun on the
 #                                        same machine resumes the last run (steps over two calls)
+#   scripts/gpu-check.sh fastpath [OUT]  the fast GRPO path: the rollout tests (every shape, both
+#                                        optimizers), then the reference recipe's shape on backend hf with
+#                                        fast rollouts, 3 steps uncapped and 3 under a 22 GiB cap
 #   scripts/gpu-check.sh speed   [OUT]   the product's GRPO step on the reference workload, as is and
 #                                        with the rollout's Triton decode kernels off, one process
 #                                        each, then the rollout engine alone: unfused, fused with
@@ -16,7 +19,7 @@
 # Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
 # /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
-what=${1:?usage: scripts/gpu-check.sh tests|bench4b|speed [OUT]}
+what=${1:?usage: scripts/gpu-check.sh tests|bench4b|fastpath|speed [OUT]}
 out=${2:-/tmp/gpu-check}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -81,6 +84,22 @@ bench4b)
   cp /tmp/q4b/checkpoints/qwen3-4b/grpo/bench.json "$out/"
   echo "peak memory.used (nvidia-smi): $(cut -d, -f2 "$out/smi.csv" | sort -n | tail -1)"
   ;;
+fastpath)
+  timeout "${FASTPATH_TEST_S:-300}" $py -m pytest -q -ra -m gpu --durations=5 tests/test_rollout.py 2>&1 \
+    | tee "$out/rollout-tests.log" || true
+  [ -f /tmp/q4b/adapter/adapter_config.json ] || $py benchmarks/make_qwen3_4b_random.py /tmp/q4b >"$out/build.log" 2>&1
+  export CHECKPOINT_DIR=/tmp/q4b/checkpoints
+  sets=(--set model.name=/tmp/q4b/model --set "report_to=[]" --set backend=hf --set grpo.use_vllm=false
+        --set grpo.rollout_engine=fast --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
+        --set grpo.max_steps=3 --set grpo.save_steps=3 --set grpo.log_completions=false
+        --set grpo.start_from=/tmp/q4b/adapter)
+  for cap in ${FASTPATH_CAPS:-0 22}; do
+    rm -rf "$CHECKPOINT_DIR"
+    GPU_MEMORY_CAP_GIB=$cap timeout "${FASTPATH_STEP_S:-240}" $py benchmarks/gpu_grpo_step.py \
+      --config configs/qwen3-4b.yaml "${sets[@]}" >"$out/recipe-cap$cap.log" 2>&1 || echo "recipe shape, cap $cap: exit $?"
+    grep -E "capped|step [0-9]+:|median|peak GPU|Error|error:" "$out/recipe-cap$cap.log" | tail -12
+  done
+  ;;
 speed)
   m=/tmp/bench-qwen3-4b
   $py benchmarks/bench_grpo.py build --model-dir "$m"
@@ -93,7 +112,7 @@ speed)
   grep -h -E "^RESULT|^rollout medians" "$out/product.log" "$out/product-before.log" "$out/rollout.log"
   ;;
 *)
-  echo "unknown check '$what'; use tests, bench4b or speed" >&2
+  echo "unknown check '$what'; use tests, bench4b, fastpath or speed" >&2
   exit 2
   ;;
 esac

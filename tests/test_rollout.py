@@ -10,6 +10,7 @@ full forward pass, which is what the GRPO loss recomputes.
 from __future__ import annotations
 
 import contextlib
+import math
 from pathlib import Path
 
 import pytest
@@ -209,8 +210,86 @@ def test_grpo_trainer_rolls_out_with_the_engine(tiny_model_dir: Path, tmp_path: 
     assert trainer.fast_rollout_reason() is None
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     completions, logps = trainer._generate_single_turn(ids, None, {})
-    assert trainer._rollout_engine is not None and logps is None
+    assert trainer._rollout_engine is not None
     assert len(completions) == 4 and all(0 < len(c) <= 8 for c in completions)
+    assert [len(lp) for lp in logps] == [len(c) for c in completions]  # TRL's sampling_per_token_logps
+
+
+def grpo_trainer(model, tok, tmp_path: Path, **args):
+    import datasets
+    from trl import GRPOConfig
+
+    from trainer.fast_grpo import FastGRPOTrainer
+
+    gen = torch.Generator().manual_seed(0)
+
+    def random_reward(completions, **kw):  # spread, so that advantages (and the update) are non-zero
+        return torch.randn(len(completions), generator=gen).tolist()
+
+    config = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=4,
+        num_generations=4,
+        max_completion_length=12,
+        report_to="none",
+        use_cpu=True,
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+    )
+    config.update(args)
+    return FastGRPOTrainer(
+        model=model,
+        reward_funcs=random_reward,
+        args=GRPOConfig(**config),
+        train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS]),
+        processing_class=tok,
+    )
+
+
+def test_loss_logprobs_are_chunked_and_equal_the_full_logits(tiny_model_dir: Path, tmp_path: Path) -> None:
+    """The loss takes TRL's chunked LM-head path (no [tokens, vocabulary] logits held), and its
+    log-probs and entropies equal the full-logits path's."""
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    trainer = grpo_trainer(model, tok, tmp_path, temperature=0.7, bf16=False)  # float32: compare to rounding
+    assert trainer.use_liger_kernel  # set by FastGRPOTrainer: liger-kernel is not installed here
+    ids = torch.tensor([tok("The answer to 15 - 9 is 6 because")["input_ids"]] * 2)
+    mask = torch.ones_like(ids)
+    chunked, ent, _ = trainer._get_per_token_logps_and_entropies(model, ids, mask, 5, compute_entropy=True)
+    full, full_ent, _ = trainer._full_logits_logps(model, ids, mask, 5, compute_entropy=True)
+    torch.testing.assert_close(chunked, full, atol=1e-5, rtol=0)
+    torch.testing.assert_close(ent, full_ent, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine_sees_updates", [True, False], ids=["live-adapter", "stale-adapter"])
+def test_sampling_gap_shows_whether_rollouts_follow_the_policy(
+    tiny_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, engine_sees_updates: bool
+) -> None:
+    """Each step logs |engine log-prob - loss log-prob|: rounding while the rollouts sample the adapter
+    being trained, the size of the update when they do not (here: the engine's adapter copy is never
+    refreshed after the first rollout, as a peer's release once shipped)."""
+    from trainer import rollout
+
+    if not engine_sees_updates:
+        first = rollout._Adapters.refresh
+
+        def refresh_once(self) -> None:
+            if not getattr(self, "_refreshed", False):
+                first(self)
+                self._refreshed = True
+
+        monkeypatch.setattr(rollout._Adapters, "refresh", refresh_once)
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    trainer = grpo_trainer(
+        model, tok, tmp_path, learning_rate=5e-2, max_steps=3, lr_scheduler_type="constant", bf16=False
+    )
+    trainer.train()
+    gaps = [h["sampling/sampling_logp_difference/mean"] for h in trainer.state.log_history if "loss" in h]
+    assert len(gaps) == 3 and gaps[0] < 1e-4  # the first rollout samples the initial adapter either way
+    if engine_sees_updates:
+        assert max(gaps) < 1e-4, gaps
+    else:
+        assert min(gaps[1:]) > 1e-2, gaps
 
 
 def test_lean_lora_equals_peft_under_autocast(tiny_model_dir: Path) -> None:
@@ -326,3 +405,78 @@ def test_gpu_kernel_sampler_draws_from_the_filtered_distribution(temperature: fl
     torch.testing.assert_close(logp, want, atol=1e-5, rtol=0)
     again, _ = decode_kernels.sample(logits, temperature, min_p, seed, step + 1)
     assert (again != token).float().mean() > 0.2  # the next step draws fresh noise
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("kernels", [True, False], ids=["triton-kernels", "compiled-glue"])
+def test_gpu_engine_runs_every_shape(tiny_model_dir: Path, kernels: bool) -> None:
+    """Rows {1, 4, 8, 32, 64} x cache slots {128 ... 4096}, rows ending by the length limit (an EOS
+    id never sampled) and by EOS (ids the model does sample, so rows end at different steps), one
+    engine each: the cache grows between rollouts (new state, graphs captured again, which once
+    crashed the caching allocator at the reference recipe's shape), every shape is captured (no
+    fallback) and every rollout returns complete, finite output."""
+    model, tok = lora_model(tiny_model_dir, torch.bfloat16, "cuda")
+    vocab = model.get_output_embeddings().weight.shape[0]
+    shapes = [(rows, new) for rows in (1, 4, 8, 32, 64) for new in (40, 200, 1000, 4000)]
+    sampling = Sampling(temperature=1.0, min_p=0.1)
+
+    def run(eos: list[int]) -> list[list[list[int]]]:
+        engine = RolloutEngine(model, eos_token_ids=eos, pad_token_id=tok.pad_token_id, kernels=kernels)
+        outs = []
+        for rows, new in shapes:
+            ids = [tok(PROMPTS[i % len(PROMPTS)])["input_ids"] for i in range(rows)]
+            out = engine.generate(ids, new, sampling)
+            lengths = [len(c) for c in out.completion_ids]
+            assert len(lengths) == rows and all(0 < n <= new for n in lengths), (rows, new)
+            assert all(c[-1] in eos or len(c) == new for c in out.completion_ids), (rows, new)
+            assert all(math.isfinite(x) and x <= 0 for lp in out.logprobs for x in lp), (rows, new)
+            outs.append(out.completion_ids)
+        assert engine.graphs and all(g is not None for g in engine.graphs.values()), "a capture fell back"
+        return outs
+
+    to_limit = run([vocab + 1])
+    assert all(len(c) == new for (_, new), out in zip(shapes, to_limit, strict=True) for c in out)
+    # EOS: the tokens sampled late in rows of the first pass, so the second pass's rows end early.
+    late = sorted({t for out in to_limit for c in out for t in c[len(c) // 2 :]} - {tok.pad_token_id})
+    by_eos = run(late[: max(1, len(late) // 2)])
+    ended_early = [sum(len(c) < new for c in out) / len(out) for (_, new), out in zip(shapes, by_eos, strict=True)]
+    assert sum(ended_early) / len(ended_early) > 0.5, ended_early
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("optim", ["adamw_torch", "adamw_8bit"])
+def test_gpu_grpo_steps_with_each_optimizer(tiny_model_dir: Path, tmp_path: Path, optim: str) -> None:
+    """Three FastGRPOTrainer steps on the GPU in bf16 with each optimizer the recipes use, prompts of
+    different lengths per step (the cache is re-laid out): on-policy gap stays at bf16 rounding."""
+    model, tok = lora_model(tiny_model_dir, torch.bfloat16, "cuda")
+    model.train()
+    trainer = grpo_trainer(
+        model, tok, tmp_path, use_cpu=False, optim=optim, max_steps=3, max_completion_length=300, learning_rate=1e-3
+    )
+    trainer.train()
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    assert len(logs) == 3 and all(math.isfinite(h["loss"]) for h in logs)
+    assert max(h["sampling/sampling_logp_difference/mean"] for h in logs) < 0.05, logs
+    assert trainer._rollout_engine is not None and trainer._rollout_engine.graphs
+
+
+def test_tile_choices_are_kept_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A tile search runs once per machine: its choice lands in the tuning file, and a fresh process
+    (here: the in-process memo cleared) reads it back instead of timing again."""
+    from trainer import decode_kernels
+
+    monkeypatch.setenv("TRAINER_TUNING_FILE", str(tmp_path / "tiles.json"))
+    calls = []
+
+    def search(m: int, n: int, dtype: torch.dtype) -> tuple[int, ...] | None:
+        calls.append((m, n))
+        return (m * 16, 3) if m < 64 else None  # None: "cuBLAS is as fast", kept too
+
+    tuned = decode_kernels._tuned(search)
+    assert tuned(32, 4096, torch.bfloat16) == (512, 3) and tuned(64, 8, torch.bfloat16) is None
+    tuned.cache_clear()  # a new process
+    assert tuned(32, 4096, torch.bfloat16) == (512, 3) and tuned(64, 8, torch.bfloat16) is None
+    assert calls == [(32, 4096), (64, 8)]
+    assert tuned(16, 4096, torch.bfloat16) == (256, 3) and len(calls) == 3  # a new shape is timed

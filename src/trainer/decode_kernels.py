@@ -10,8 +10,10 @@ terms (x A^T) B^T from the group GEMM's output where that pays:
 - `attend`: attention over the live cache slots only (the row's first real token to the current
   one), online softmax, the query heads of a K/V head sharing each K/V read;
 - `silu_mul`: LoRA on gate and up (a tensor-core product per tile), then SwiGLU;
-- `linear`: y = x w^T for a few rows, tiles chosen per shape by timing against cuBLAS once per
-  process (cuBLAS where it is as fast); reading the weights bounds it.
+- `linear`: y = x w^T for a few rows, tiles chosen per shape by timing against cuBLAS (cuBLAS
+  where it is as fast); reading the weights bounds it.
+Tile choices are timed once per GPU model and software stack and kept on the checkpoint volume
+(`_tuned`), so only the first run on a machine pays for the search.
 The kernels (trainer.decode_triton) round to the model's dtype after each operation, as the eager
 HF code does, and run in float32 too (exact dot products), which the GPU exactness test uses.
 """
@@ -19,8 +21,12 @@ HF code does, and run in float32 too (exact dot products), which the GPU exactne
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import math
+import os
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +37,53 @@ log = logging.getLogger(__name__)
 MAX_ROWS = 64  # `linear` above this many rows: no longer bound by the weight read, so cuBLAS
 MAX_GROUP = 16  # query heads per K/V head that `attend` handles (padded to 16 rows for tl.dot)
 DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+
+
+def tuning_file() -> Path:
+    """Where tile choices are kept: TRAINER_TUNING_FILE, else beside the runs on the checkpoint volume."""
+    from trainer.volume import checkpoint_root
+
+    return Path(os.environ.get("TRAINER_TUNING_FILE") or checkpoint_root() / ".tuning" / "decode-tiles.json")
+
+
+def _tuned(search: Callable[..., tuple[int, ...] | None]) -> Callable[..., tuple[int, ...] | None]:
+    """`search` (a timed tile search) memoised in this process and in `tuning_file()`, keyed by its
+    arguments, the GPU model and the torch / Triton versions. Why: the searches made the first GRPO
+    step of every process 40-57 s where the next took 3-10 s (Qwen3-4B, H100 and H200)."""
+
+    @functools.cache
+    def tuned(*args: Any) -> tuple[int, ...] | None:
+        gpu = torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+        stack = [gpu, torch.__version__, _version("triton")]
+        key = json.dumps([search.__name__, stack, [str(a) for a in args]])
+        path = tuning_file()
+        try:
+            table = json.loads(path.read_text())
+        except (OSError, ValueError):
+            table = {}
+        if key in table:
+            return None if table[key] is None else tuple(table[key])
+        choice = search(*args)
+        table[key] = choice
+        try:  # merge-free rewrite; a lost race only costs another search in some later process
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.{os.getpid()}")
+            tmp.write_text(json.dumps(table, indent=0))
+            os.replace(tmp, path)
+        except OSError as e:  # a read-only volume: keep the choice for this process only
+            log.debug("tile choices not kept in %s: %s", path, e)
+        return choice
+
+    return tuned
+
+
+def _version(package: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(package)
+    except PackageNotFoundError:
+        return None
 
 
 @functools.cache
@@ -129,9 +182,9 @@ def _attend(q: torch.Tensor, cache: torch.Tensor, start: torch.Tensor, slot: tor
     return o
 
 
-@functools.cache
+@_tuned
 def attn_config(batch: int, n: int, d: int, n_kv: int, slots: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BJ, stages, warps) for `attend`, the fastest over a full cache, timed once per process."""
+    """(BJ, stages, warps) for `attend`, the fastest over a full cache (timed once: `_tuned`)."""
     from triton.testing import do_bench
 
     q = torch.randn(batch, n, d, device="cuda", dtype=dtype)
@@ -204,9 +257,9 @@ def _mm(x: torch.Tensor, w: torch.Tensor, cfg: tuple[int, int, int, int]) -> tor
     return y
 
 
-@functools.cache
+@_tuned
 def config_for(m: int, n: int, k: int, dtype: torch.dtype) -> tuple[int, int, int, int] | None:
-    """The fastest tiles for this shape, or None where cuBLAS is as fast; timed once per process."""
+    """The fastest tiles for this shape, or None where cuBLAS is as fast (timed once: `_tuned`)."""
     from triton.testing import do_bench
 
     x = torch.randn(m, k, device="cuda", dtype=dtype)

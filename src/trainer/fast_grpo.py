@@ -1,12 +1,16 @@
 """TRL's GRPOTrainer with rollouts from `trainer.rollout` (config: `grpo.rollout_engine: fast`).
 
-Three things change. `_generate_single_turn`, where TRL calls `model.generate` on its plain
+Four things change. `_generate_single_turn`, where TRL calls `model.generate` on its plain
 transformers path, samples with the engine instead; where the engine does not apply (vLLM, TRL's
 paged generation, images, repetition penalty or extra generation kwargs, DeepSpeed / FSDP
 sharding, a model the engine does not support), the call goes to TRL unchanged and the reason is
 logged once. The training step runs PEFT's LoRA layers through `lean_lora` (below), the same
 sum without PEFT's float32 round trip; and on a GPU, the decoder's RMSNorms, SwiGLU product and
-rotary embedding through `compiled_glue` (below), the same operations as fused kernels.
+rotary embedding through `compiled_glue` (below), the same operations as fused kernels. The
+loss's log-probabilities come from TRL's chunked LM-head path (`chunked_logps`), so no
+[tokens, vocabulary] float32 logits are held. Each step logs the gap between the engine's sampling
+log-probs and the loss's (`sampling/sampling_logp_difference/{mean,max}`, TRL's names): near zero
+when the rollouts came from the policy being trained, large when they did not.
 Tokenisation, rewards, advantages and the loss stay TRL's.
 """
 
@@ -40,6 +44,72 @@ class FastGRPOTrainer(GRPOTrainer):
     compiled_glue = True  # on CUDA, run the training step's norms / SwiGLU / rotary compiled (compiled_glue)
     rollout_fuse = True  # the engine's one-GEMM-per-group weight layout (RolloutEngine's `fuse`)
     rollout_kernels: bool | None = None  # the engine's Triton decode kernels (None: where they run)
+    chunked_logps = True  # the loss's log-probs through TRL's chunked LM head (no full-vocabulary logits)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._loss_logps: torch.Tensor | None = None  # the last log-probs computed with grad (the loss's)
+        reason = self._chunked_logps_reason()
+        if reason is None:
+            # TRL 1.14 gates its own chunked log-prob path (trainer.utils._ChunkedLogProbFunction, plain
+            # torch) behind `use_liger_kernel`, whose only other effect is an import check for the
+            # liger-kernel package, which that path never calls. Setting the flag after __init__ takes the
+            # path without the package; `_forward_redirection` is what __init__ would have set with it.
+            # Goes when TRL exposes the path on its own switch.
+            from trl.models.utils import _ForwardRedirection
+
+            self.use_liger_kernel = True
+            self._forward_redirection = _ForwardRedirection()
+        elif self.chunked_logps:
+            log.info("loss log-probs from full logits: %s", reason)
+
+    def _chunked_logps_reason(self) -> str | None:
+        """Why the loss cannot take TRL's chunked log-prob path (None: it can)."""
+        if not self.chunked_logps:
+            return "chunked_logps is off"
+        if not hasattr(self, "_chunked_logps"):
+            return "this TRL version has no chunked log-prob path"
+        if self.use_liger_kernel:
+            return "use_liger_kernel is on already"
+        if getattr(self, "aux_loss_enabled", False):
+            return "the model adds a MoE auxiliary loss"
+        head = self.accelerator.unwrap_model(self.model).get_output_embeddings()
+        if hasattr(head, "lora_A"):
+            return "lm_head carries a LoRA adapter (the chunked path reads its base weight only)"
+        if getattr(self.model, "peft_config", None) and any(
+            getattr(c, "is_prompt_learning", False) for c in self.model.peft_config.values()
+        ):
+            return "a prompt-learning adapter (virtual tokens) is active"
+        return None
+
+    def _get_per_token_logps_and_entropies(self, model, *args, **kwargs):
+        logps, entropies, aux = super()._get_per_token_logps_and_entropies(model, *args, **kwargs)
+        if torch.is_grad_enabled():
+            self._loss_logps = logps.detach()
+        return logps, entropies, aux
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._loss_logps = None
+        loss = super().compute_loss(model, inputs, return_outputs, num_items_in_batch)
+        self._log_sampling_gap(inputs)
+        return loss
+
+    def _log_sampling_gap(self, inputs: dict[str, Any]) -> None:
+        """|engine log-prob - loss log-prob| per completion token, as TRL logs it for vLLM. The engine
+        reports each token's log-prob under the temperature-scaled, unfiltered distribution, which is
+        what the loss computes, so on-policy the gap is rounding (bf16: about 1e-2); rollouts from
+        stale weights (an adapter update the engine missed) show up as a gap of the update's size."""
+        sampled, logps = inputs.get("sampling_per_token_logps"), self._loss_logps
+        if sampled is None or logps is None or sampled.shape != logps.shape:
+            return
+        delta = (sampled - logps).abs()[inputs["completion_mask"].bool()]
+        delta = delta[~torch.isnan(delta)]
+        if delta.numel() == 0:
+            return
+        mode = "train" if self.model.training else "eval"
+        gathered = self.accelerator.gather(torch.stack([delta.mean(), delta.max()]).float()).view(-1, 2)
+        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(gathered[:, 0].mean().item())
+        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(gathered[:, 1].max().item())
 
     def training_step(self, model, inputs, num_items_in_batch):
         with contextlib.ExitStack() as stack:
@@ -80,8 +150,9 @@ class FastGRPOTrainer(GRPOTrainer):
         )
         with profiling_context(self, "fast_rollout.generate"):
             rollout = self._engine().generate(prompt_ids, self.max_completion_length, sampling)
-        # Like TRL's transformers path: no sampling log-probs, since the sampler is the trained model.
-        return rollout.completion_ids, None
+        # The sampling log-probs: TRL pads them into `sampling_per_token_logps`, which its loss reads
+        # only for an off-policy mask (off by default); `_log_sampling_gap` compares them with the loss's.
+        return rollout.completion_ids, rollout.logprobs
 
     def _engine(self) -> RolloutEngine:
         if self._rollout_engine is None:

@@ -50,6 +50,10 @@ SUPPORTED_MODEL_TYPES = ("qwen3", "qwen2", "llama")
 KV_BUCKET = 128  # decode graphs attend over a multiple of this many cache slots, not the whole cache
 PROMPT_ALIGN = 16  # prompts are left-padded to a multiple of this (stable shapes for the prefill)
 DONE_CHECK_EVERY = 64  # tokens between checks whether every row has finished (a host sync)
+# torch.compile variants allowed per glue function: the decode step compiles one per (rows, cache
+# bucket) it meets, 32 buckets at 4,096 slots on the compiled-glue path; dynamo's default (8, meant
+# for training code) raised under fullgraph=True once a run met more shapes than that.
+RECOMPILE_LIMIT = 256
 PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 
 
@@ -444,6 +448,10 @@ class RolloutEngine:
         heads = (self.n_heads, self.n_kv, self.head_dim)
         self.kernels = decode_kernels.available(self.device, self.dtype, heads) if kernels is None else kernels
         use_compile = on_cuda if compile is None else compile
+        if use_compile:  # process-wide, only ever raised: see RECOMPILE_LIMIT
+            dynamo = torch._dynamo.config
+            dynamo.recompile_limit = max(dynamo.recompile_limit, RECOMPILE_LIMIT)
+            dynamo.accumulated_recompile_limit = max(dynamo.accumulated_recompile_limit, 4 * RECOMPILE_LIMIT)
         wrap = (lambda f: torch.compile(f, dynamic=False, fullgraph=True)) if use_compile else (lambda f: f)
         self._wrap = wrap
         self._fused = tuple(map(wrap, (_rms_norm, _add_norm, _qkv, _silu_mul)))
@@ -454,7 +462,7 @@ class RolloutEngine:
         self._choose: Any = None
         self.state: _State | None = None
         self.adapters: _Adapters | None = None
-        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.graphs: dict[int, torch.cuda.CUDAGraph | None] = {}  # None: capture failed, run eagerly
         self._pool = None
         self.sampling: Sampling | None = None
         self._kernel_path = False
@@ -476,8 +484,9 @@ class RolloutEngine:
             # This step writes slot p_pad + t - 1. The attention kernel reads only the live slots,
             # so one graph serves every step; otherwise one per bucket of 128 slots.
             bucket = st.slots if self._kernel_path else _round_up(p_pad + t, KV_BUCKET)
-            if self.cuda_graphs:
-                self._graph(bucket).replay()
+            graph = self._graph(bucket) if self.cuda_graphs else None
+            if graph is not None:
+                graph.replay()
             else:
                 self._decode_step(bucket)
             t += 1
@@ -503,7 +512,7 @@ class RolloutEngine:
             return
         if st is not None and st.tok.shape[0] == batch:
             slots, new_tokens = max(slots, st.slots), max(new_tokens, st.out.shape[1])
-        self.graphs.clear()
+        self._drop_graphs()
         self.state = st = None  # free the old cache before allocating the new one
         self.adapters = _Adapters(self.layers, self.dtype, self.fuse)
         # The kernels read each group's outputs (and x A^T) from one GEMM: every group fused (and folded).
@@ -702,28 +711,49 @@ class RolloutEngine:
         st.slot.add_(1)
         st.t.add_(1)
 
-    def _graph(self, kv_len: int) -> torch.cuda.CUDAGraph:
-        graph = self.graphs.get(kv_len)
-        if graph is not None:
-            return graph
+    def _graph(self, kv_len: int) -> torch.cuda.CUDAGraph | None:
+        """The decode step for `kv_len` slots as a CUDA graph, captured on first use; None where a
+        capture failed (the step then runs eagerly: the same kernels, one launch each)."""
+        if kv_len in self.graphs:
+            return self.graphs[kv_len]
         st = self.state
-        saved = [x.clone() for x in (st.tok, st.pos, st.slot, st.t, st.finished)]
+        live = (st.tok, st.pos, st.slot, st.t, st.finished, st.out, st.out_logp)
+        saved = [x.clone() for x in live]
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):  # warm-up: compiles, autotunes, allocates outside the capture
             for _ in range(2):
                 self._decode_step(kv_len)
         torch.cuda.current_stream().wait_stream(side)
-        for x, y in zip((st.tok, st.pos, st.slot, st.t, st.finished), saved, strict=True):
+        for x, y in zip(live, saved, strict=True):
             x.copy_(y)
         if self._pool is None:
             self._pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._decode_step(kv_len)
+        try:
+            with torch.cuda.graph(graph, pool=self._pool):
+                self._decode_step(kv_len)
+        except RuntimeError as exc:  # e.g. a kernel that syncs, or the allocator refusing the pool
+            log.warning(
+                "decode step for %d cache slots runs without a CUDA graph (capture failed: %s)",
+                kv_len,
+                str(exc).splitlines()[0][:200],
+            )
+            torch.cuda.synchronize()
+            for x, y in zip(live, saved, strict=True):  # a failed capture may have run part of the step
+                x.copy_(y)
+            graph = None
         self.graphs[kv_len] = graph
         log.debug("captured the decode step for %d cache slots", kv_len)
         return graph
+
+    def _drop_graphs(self) -> None:
+        """Release the captured graphs and their memory pool. The pool goes with them: once its last
+        graph is freed, the caching allocator drops a private pool, and capturing into the stale
+        handle again trips its internal assert (`use_count > 0`, seen at the reference recipe's shape,
+        where the cache grows between rollouts; vllm-project/vllm#53682 hit the same)."""
+        self.graphs.clear()
+        self._pool = None
 
     def _collect(self, steps: int, batch: int) -> Rollout:
         st = self.state
