@@ -31,6 +31,8 @@ def done(answer: str, work: str = "2 + 2 = 4") -> str:
         (done("\\frac{1}{2}"), "0.5", True),  # symbolic equivalence
         (done("\\boxed{12}"), "12", True),
         (done("5"), "4", False),
+        (done("**73**"), "73", True),  # markdown emphasis
+        (done(" "), "0", False),  # an empty answer
         ("<SOLUTION>4</SOLUTION>", "4", False),  # no working-out end tag: not the format's answer
         ("2 + 2 = 4", "4", False),  # no solution block at all
     ],
