@@ -115,6 +115,13 @@ CASES = {
         2,
         ["grpo.max_prompt_length 510 + grpo.max_completion_length 8 = 518 does not fit model.max_seq_length 512"],
     ),
+    "prompts longer than max_prompt_length": (
+        "grpo",
+        lambda t: "grpo.max_prompt_length=16",
+        None,
+        2,
+        ["no rows left after the filter 'prompt length <= 16 tokens'"],
+    ),
     "grpo without sft adapter": ("grpo", lambda t: "run_name=fresh", None, 2, ["none was found", "make sft"]),
     "push without HF_TOKEN": ("export", lambda t: "export.push=true", None, 2, ["export.push needs HF_TOKEN"]),
     "unsloth without gpu": ("sft", lambda t: "backend=unsloth", None, 2, ["backend: unsloth needs", "backend=hf"]),

@@ -106,7 +106,9 @@ class DatasetConfig:
     )
     limit: int | None = _f(None, "Use at most this many rows (after filters).", ge=1)
     on_bad_row: Literal["error", "skip"] = _f(
-        "error", "A malformed row in a local file: 'error' stops with file:line, 'skip' logs and skips it."
+        "error",
+        "A malformed row in a local file, or a row with an empty value: 'error' stops with file:line, "
+        "'skip' logs and skips it.",
     )
 
 
@@ -242,6 +244,9 @@ class EvalDatasetConfig:
         "plain", "'gsm8k': the answer column is a worked solution ending in '#### <answer>'."
     )
     limit: int | None = _f(None, "Evaluate only the first N problems.", ge=1)
+    on_bad_row: Literal["error", "skip"] = _f(
+        "error", "A malformed or empty row: 'error' stops with file:line, 'skip' logs and skips it."
+    )
 
 
 @dataclass

@@ -51,14 +51,13 @@ def main(cfg: RunConfig) -> Path:
     log.info("GRPO starts from the adapter %s", start)
     vllm = use_vllm(cfg)
     model, tokenizer = training_model(cfg, start_adapter=start, fast_inference=vllm)
-    rows, cut = grpo_prompts(g.dataset, tokenizer, g.prompt_length_quantile)
-    max_prompt = g.max_prompt_length or cut + 1
-    max_completion = g.max_completion_length or cfg.model.max_seq_length - max_prompt
-    if max_completion <= 0:
-        raise UserError(
-            f"no room for completions: max_seq_length {cfg.model.max_seq_length} - prompt length {max_prompt}; "
-            "raise model.max_seq_length or set grpo.max_completion_length."
-        )
+    seq = cfg.model.max_seq_length
+    # Prompts must fit beside the completions: a set max_prompt_length, else what the set
+    # max_completion_length (or one token) leaves; the config has checked that the two fit.
+    room = g.max_prompt_length or seq - (g.max_completion_length or 1)
+    rows, cut = grpo_prompts(g.dataset, tokenizer, g.prompt_length_quantile, room)
+    max_prompt = g.max_prompt_length or min(cut + 1, room)
+    max_completion = g.max_completion_length or seq - max_prompt
     requested = dict(
         **common_args(cfg, "grpo", g),
         warmup_steps=g.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
