@@ -295,6 +295,13 @@ class RunConfig:
         "hf", "'unsloth': FastLanguageModel on a GPU; 'hf': transformers + PEFT + TRL (CPU or GPU)."
     )
     report_to: list[str] = _f(["tensorboard"], "Trackers: tensorboard, wandb, trackio (or empty).")
+    resume: Literal["auto", "fresh", "anyway"] = _f(
+        "auto",
+        "SFT / GRPO with work already in the stage's folder. 'auto': resume the newest checkpoint when it "
+        "was made with the same data, model, LoRA, seed and schedule settings (else stop, naming what "
+        "differs); a finished stage does nothing. 'fresh': delete the stage's checkpoints and train from "
+        "scratch. 'anyway': resume even where those settings differ.",
+    )
     model: ModelConfig = _f(ModelConfig(), "Base model.")
     lora: LoraConfig = _f(LoraConfig(), "LoRA adapter.")
     sft: SFTConfig = _f(SFTConfig(), "Stage 1: supervised format teaching.")

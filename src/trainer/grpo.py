@@ -12,6 +12,7 @@ from trainer import distributed
 from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
+from trainer.resilience import check_resume
 from trainer.training import (
     check_backend,
     common_args,
@@ -39,6 +40,8 @@ def start_adapter(cfg: RunConfig) -> Path:
 def main(cfg: RunConfig) -> Path:
     check_backend(cfg, cfg.grpo.optim)
     distributed.check_batch_geometry(cfg, distributed.num_processes())
+    if (finished := check_resume(cfg, "grpo")) is not None:
+        return finished
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
