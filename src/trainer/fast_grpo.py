@@ -104,7 +104,8 @@ def lean_lora(model: Any) -> Iterator[None]:
     (it casts x to the adapter's float32 dtype, then autocast casts it back for the matmul, and the
     sum is formed and cast elementwise): on Qwen3-4B with 20k tokens that is gigabytes of traffic
     per layer and pass. Layers with dropout, variants (DoRA) or without autocast keep PEFT's own
-    forward. The result is the same sum, rounded once instead of three times."""
+    forward, and so do layers where the lean sum would not be exact: a trainable base bias, and a
+    Conv1D base (fan_in_fan_out). The result is the same sum, rounded once instead of three times."""
     from peft.tuners.lora import Linear as LoraLinear
 
     patched = [m for m in model.modules() if type(m) is LoraLinear and "forward" not in vars(m)]
@@ -125,6 +126,12 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         or self.disable_adapters
         or self.merged
         or not torch.is_autocast_enabled(x.device.type)
+        # Exact only for a plain Linear with a frozen or absent bias: the lean sum has no gradient
+        # for a trainable bias (adapter bias "lora_only" / "all"), and Conv1D (fan_in_fan_out,
+        # GPT-2 style) stores its weight transposed.
+        or self.fan_in_fan_out
+        or not isinstance(self.base_layer, torch.nn.Linear)
+        or (self.base_layer.bias is not None and self.base_layer.bias.requires_grad)
         or any(
             a in self.lora_variant
             or self.lora_B[a].bias is not None
