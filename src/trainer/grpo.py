@@ -12,6 +12,7 @@ from trainer import distributed
 from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
+from trainer.generation import NEUTRAL_SAMPLING
 from trainer.resilience import check_resume
 from trainer.training import (
     check_backend,
@@ -69,7 +70,7 @@ def main(cfg: RunConfig) -> Path:
         temperature=g.temperature,
         top_p=g.top_p,
         top_k=g.top_k,
-        min_p=g.min_p,
+        min_p=0.0 if g.min_p is None else g.min_p,  # None would be filled from the model's generation_config
         loss_type=g.loss_type,
         beta=g.beta,
         epsilon=g.epsilon,
@@ -84,6 +85,9 @@ def main(cfg: RunConfig) -> Path:
         vllm_server_host=g.vllm_server_host,
         vllm_server_port=g.vllm_server_port,
         log_completions=g.log_completions,
+        # vLLM takes its own sampling parameters (these names are transformers'): TRL's vLLM path
+        # gets none, and is not covered by this rule.
+        generation_kwargs=None if vllm else dict(NEUTRAL_SAMPLING),
     )
     args = GRPOConfig(**requested)
     reward_funcs = build_reward_funcs(g.reward_set, g.rewards, tokenizer.eos_token, g.reward_error_score)
