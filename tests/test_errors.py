@@ -67,6 +67,15 @@ def bad_jsonl(tmp: Path) -> str:
     return f"grpo.dataset.path={path}"
 
 
+def short_sequences(tmp: Path) -> str:
+    """The tiny recipe with sequences too short for any SFT row, as a run of its own (a changed
+    max_seq_length would not resume this volume's SFT checkpoint)."""
+    path = tmp / "short.yaml"
+    text = (Path("configs/tiny.yaml")).read_text().replace("run_name: tiny", "run_name: short")
+    path.write_text(text.replace("max_seq_length: 512", "max_seq_length: 60"))
+    return str(path)
+
+
 def bad_yaml(tmp: Path) -> str:
     path = tmp / "recipe.yaml"
     path.write_text("run_name: tiny\ngrpo:\n  max_steps: [1, 2\n")
@@ -85,8 +94,8 @@ CASES = {
     ),
     "empty after a filter": (
         "sft",
-        lambda t: "model.max_seq_length=60",
         None,
+        short_sequences,
         2,
         ["no rows left after the filter 'length <= max_seq_length/2'"],
     ),
