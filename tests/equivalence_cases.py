@@ -262,6 +262,47 @@ EXTRACTION_FROM_TEXT: list[Case] = [
     ("42", "", False),
 ]
 
+TINY_VALUES: list[Case] = [
+    ("\\frac{1}{2^{98}}", "\\frac{1}{2^{99}}", False),
+    ("2^{-30}", "2^{-31}", False),
+    ("10^{-20}", "2\\cdot 10^{-20}", False),
+    ("\\frac{1}{2^{99}}", "2^{-99}", True),
+    ("\\frac{\\sqrt{2}}{10^{9}}", "\\frac{\\sqrt{3}}{10^{9}}", False),
+]
+
+# The parser stops at what it does not know; that prefix is not the answer.
+READ_PARTLY: list[Case] = [
+    ("1", "1 - \\frac{1}{\\mathrm{e}}", False),
+    ("1 - 1/e", "1 - \\frac{1}{\\mathrm{e}}", True),
+    ("1-e^{-1}", "1 - \\frac{1}{\\mathrm{e}}", True),
+    ("2", "2 + \\mathrm{i}", False),
+    ("1", "1 - \\frac{1}{\\mathrm{x}}", False),
+    ("1 - \\frac{1}{\\mathrm{x}}", "1", False),
+]
+
+MARKDOWN: list[Case] = [
+    ("**73**", "73", True),
+    ("*73*", "73", True),
+    ("__73__", "73", True),
+    ("**\\frac{1}{2}**", "0.5", True),
+    ("**74**", "73", False),
+]
+
+# A bare list joined by commas, "and" or "or" is the set of its elements (see answers_equivalent).
+WORD_LISTS: list[Case] = [
+    ("1, 2 and 3", "1, 2, 3", True),
+    ("1, 2, 3", "1, 2, and 3", True),
+    ("1, 2 and 3", "3, 2, 1", True),
+    ("\\{1,2,3\\}", "1, 2 and 3", True),
+    ("$1$ and $2$", "1,2", True),
+    ("$1$, $2$, and $3$", "3, 2, 1", True),
+    ("1 \\text{ and } 2", "1, 2", True),
+    ("1, 2 and 3", "1, 2", False),
+    ("1, 2 and 4", "1, 2, 3", False),
+    ("$1$ and $2$", "1", False),
+    ("1", "1 and 2", False),
+]
+
 ALL_CASES: list[Case] = (
     INTEGERS_AND_DECIMALS
     + FRACTIONS
@@ -274,6 +315,10 @@ ALL_CASES: list[Case] = (
     + COLLECTIONS
     + EQUATIONS_AND_EXPRESSIONS
     + EXTRACTION_FROM_TEXT
+    + TINY_VALUES
+    + READ_PARTLY
+    + MARKDOWN
+    + WORD_LISTS
 )
 
 # Hostile inputs: each must return (True or False) quickly and never raise.

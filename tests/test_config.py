@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import typing
 from pathlib import Path
 
 import pytest
@@ -99,3 +102,67 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "a: 1\n b: [\n"))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("lora.r=-1", r"'lora.r' must be at least 1, got -1"),
+        ("sft.learning_rate=-1", r"'sft.learning_rate' must be above 0, got -1.0"),
+        ("grpo.learning_rate=0", r"'grpo.learning_rate' must be above 0, got 0.0"),
+        ("lora.dropout=1.0", r"'lora.dropout' must be at least 0 and below 1, got 1.0"),
+        ("grpo.min_p=1.5", r"'grpo.min_p' must be at least 0 and at most 1, got 1.5"),
+        ("grpo.top_p=0", r"'grpo.top_p' must be above 0 and at most 1"),
+        ("grpo.num_generations=1", r"'grpo.num_generations' must be at least 2"),
+        ("sft.per_device_train_batch_size=0", r"'sft.per_device_train_batch_size' must be at least 1"),
+        ("sft.max_steps=-2", r"'sft.max_steps' must be at least -1"),
+        ("grpo.max_steps=0", r"'grpo.max_steps' must be at least 1"),
+        ("model.max_seq_length=0", r"'model.max_seq_length' must be at least 1"),
+        ("eval.num_samples=-1", r"'eval.num_samples' must be at least 0"),
+        ("grpo.prompt_length_quantile=0", r"'grpo.prompt_length_quantile' must be above 0 and at most 1"),
+        ("grpo.log_completions_steps=-1", r"'grpo.log_completions_steps' must be at least 0"),
+        ("seed=-1", r"'seed' must be at least 0"),
+        ("grpo.dataset.limit=0", r"'grpo.dataset.limit' must be at least 1"),
+        ("eval.datasets=[{name: a, path: b.jsonl, limit: 0}]", r"'eval.datasets\[0\].limit' must be at least 1"),
+    ],
+)
+def test_numbers_out_of_range_are_refused(override: str, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(ROOT / "configs/tiny.yaml", [override])
+
+
+def _numeric_fields(cls: type, prefix: str = "") -> typing.Iterator[tuple[str, dataclasses.Field]]:
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        tp = hints[f.name]
+        args = typing.get_args(tp) or (tp,)
+        if typing.get_origin(tp) is list and dataclasses.is_dataclass(args[0]):
+            yield from _numeric_fields(args[0], f"{prefix}{f.name}[].")
+        elif dataclasses.is_dataclass(tp):
+            yield from _numeric_fields(tp, f"{prefix}{f.name}.")
+        elif any(a in (int, float) for a in args):
+            yield prefix + f.name, f
+
+
+def test_every_numeric_key_declares_its_range() -> None:
+    unbounded = {"grpo.reward_error_score"}  # any score is a valid choice
+    missing = [k for k, f in _numeric_fields(RunConfig) if "range" not in f.metadata and k not in unbounded]
+    assert missing == []
+    assert len(list(_numeric_fields(RunConfig))) > 40
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model.max_seq_length=64", "grpo.max_prompt_length=16", "grpo.max_completion_length=49"],
+            "grpo.max_prompt_length 16 + grpo.max_completion_length 49 = 65 does not fit model.max_seq_length 64",
+        ),
+        (["model.max_seq_length=64", "grpo.max_completion_length=64"], "grpo.max_completion_length 64 leaves no room"),
+        (["model.max_seq_length=64", "grpo.max_prompt_length=80"], "grpo.max_prompt_length 80 leaves no room"),
+    ],
+)
+def test_lengths_that_cannot_fit_are_refused(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(ROOT / "configs/tiny.yaml", overrides)
+    load_config(ROOT / "configs/tiny.yaml", ["model.max_seq_length=64", "grpo.max_prompt_length=16"])

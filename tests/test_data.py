@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,72 @@ def test_parquet_with_column_mapping(tmp_path: Path, tok) -> None:
     rows, _ = grpo_prompts(DatasetConfig(path=str(f), columns={"prompt": "question", "answer": "final"}), tok, 0.9)
     assert rows == [{"prompt": rows[0]["prompt"], "answer": "2"}]
     assert rows[0]["prompt"][1]["content"] == "What is 1 + 1?"
+
+
+def test_grpo_drops_prompts_longer_than_max_length(tok, caplog: pytest.LogCaptureFixture) -> None:
+    cfg = DatasetConfig(path=f"{SAMPLE}/grpo.jsonl", columns={"answer": "solution"})
+    everything, quantile_cut = grpo_prompts(cfg, tok, quantile=1.0)
+    lengths = sorted(prompt_length(tok, r["prompt"]) for r in everything)
+    limit = lengths[len(lengths) // 2]
+    with caplog.at_level(logging.INFO, logger="trainer.data"):
+        rows, cut = grpo_prompts(cfg, tok, quantile=0.9, max_length=limit)
+    assert cut == limit < quantile_cut
+    assert len(rows) == sum(n <= limit for n in lengths)
+    assert all(prompt_length(tok, r["prompt"]) <= limit for r in rows)
+    assert (
+        f"{len(rows)} prompts kept of 240 ({240 - len(rows)} longer than {limit} tokens, max_prompt_length"
+        in caplog.text
+    )
+    with pytest.raises(DataError, match=r"no rows left after the filter 'prompt length <= 16 tokens'"):
+        grpo_prompts(cfg, tok, quantile=0.9, max_length=16)
+
+
+def _rows_file(tmp_path: Path, rows: list[dict]) -> Path:
+    f = tmp_path / "rows.jsonl"
+    f.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    return f
+
+
+@pytest.mark.parametrize(
+    ("bad", "column"),
+    [
+        ({"prompt": "", "solution": "2"}, "prompt"),
+        ({"prompt": "   \n", "solution": "2"}, "prompt"),
+        ({"prompt": "What is 1 + 1?", "solution": ""}, "solution"),
+        ({"prompt": "What is 1 + 1?", "solution": " "}, "solution"),
+        ({"prompt": None, "solution": "2"}, "prompt"),
+    ],
+)
+def test_grpo_row_with_an_empty_value_is_refused_or_skipped(tok, tmp_path: Path, bad: dict, column: str) -> None:
+    good = {"prompt": "What is 1 + 1?", "solution": "2"}
+    f = _rows_file(tmp_path, [good, bad, good])
+    cfg = DatasetConfig(path=str(f), columns={"answer": "solution"})
+    with pytest.raises(DataError, match=rf"{f}:2: no value \(null or empty\) in column '{column}'.*on_bad_row: skip"):
+        grpo_prompts(cfg, tok, quantile=1.0)
+    cfg.on_bad_row = "skip"
+    rows, _ = grpo_prompts(cfg, tok, quantile=1.0)
+    assert len(rows) == 2
+
+
+@pytest.mark.parametrize("answer", ["", "  ", None])
+def test_eval_row_with_an_empty_answer_is_refused_or_skipped(tmp_path: Path, answer, caplog) -> None:
+    f = _rows_file(tmp_path, [{"question": "1+1?", "answer": "2"}, {}, {"question": "2+2?", "answer": answer}])
+    f.write_text(f.read_text().replace("{}\n", "\n"))  # a blank line: line numbers are the file's own
+    cfg = EvalDatasetConfig(name="e", path=str(f))
+    with pytest.raises(DataError, match=rf"{f}:3: no value \(null or empty\) in column 'answer'"):
+        eval_problems(cfg, None)
+    cfg.on_bad_row = "skip"
+    assert eval_problems(cfg, None) == [{"question": "1+1?", "answer": "2"}]
+    assert "1 of 2 rows skipped for an empty value" in caplog.text
+
+
+def test_sft_row_with_an_empty_problem_names_its_row_in_parquet(tmp_path: Path, tok) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "d.parquet"
+    pq.write_table(
+        pa.table({"problem": ["1+1?", " "], "generated_solution": ["2", "4"], "expected_answer": ["2", "4"]}), f
+    )
+    with pytest.raises(DataError, match=rf"{f}: row 2: no value \(null or empty\) in column 'problem'"):
+        sft_texts(DatasetConfig(path=str(f)), tok, max_seq_length=512)

@@ -134,7 +134,7 @@ def test_batch_geometry(per_device: int, gens: int, processes: int, accum: int, 
 
 
 def test_batch_geometry_needs_two_generations() -> None:
-    with pytest.raises(ConfigError, match="num_generations is 1"):
+    with pytest.raises(ConfigError, match="'grpo.num_generations' must be at least 2, got 1"):
         check_batch_geometry(load_config(None, ["grpo.num_generations=1", "grpo.per_device_train_batch_size=1"]), 1)
 
 

@@ -67,6 +67,15 @@ def bad_jsonl(tmp: Path) -> str:
     return f"grpo.dataset.path={path}"
 
 
+def short_sequences(tmp: Path) -> str:
+    """The tiny recipe with sequences too short for any SFT row, as a run of its own (a changed
+    max_seq_length would not resume this volume's SFT checkpoint)."""
+    path = tmp / "short.yaml"
+    text = (Path("configs/tiny.yaml")).read_text().replace("run_name: tiny", "run_name: short")
+    path.write_text(text.replace("max_seq_length: 512", "max_seq_length: 60"))
+    return str(path)
+
+
 def bad_yaml(tmp: Path) -> str:
     path = tmp / "recipe.yaml"
     path.write_text("run_name: tiny\ngrpo:\n  max_steps: [1, 2\n")
@@ -85,8 +94,8 @@ CASES = {
     ),
     "empty after a filter": (
         "sft",
-        lambda t: "model.max_seq_length=8",
         None,
+        short_sequences,
         2,
         ["no rows left after the filter 'length <= max_seq_length/2'"],
     ),
@@ -98,7 +107,29 @@ CASES = {
         lambda t: "grpo.keep_checkpoints=0",
         None,
         2,
-        ["grpo.keep_checkpoints must be at least 1"],
+        ["'grpo.keep_checkpoints' must be at least 1, got 0"],
+    ),
+    "negative lora rank": ("sft", lambda t: "lora.r=-1", None, 2, ["'lora.r' must be at least 1, got -1"]),
+    "negative learning rate": (
+        "sft",
+        lambda t: "sft.learning_rate=-1",
+        None,
+        2,
+        ["'sft.learning_rate' must be above 0"],
+    ),
+    "lengths that cannot fit": (
+        "grpo",
+        lambda t: "grpo.max_prompt_length=510",
+        None,
+        2,
+        ["grpo.max_prompt_length 510 + grpo.max_completion_length 8 = 518 does not fit model.max_seq_length 512"],
+    ),
+    "prompts longer than max_prompt_length": (
+        "grpo",
+        lambda t: "grpo.max_prompt_length=16",
+        None,
+        2,
+        ["no rows left after the filter 'prompt length <= 16 tokens'"],
     ),
     "grpo without sft adapter": ("grpo", lambda t: "run_name=fresh", None, 2, ["none was found", "make sft"]),
     "push without HF_TOKEN": ("export", lambda t: "export.push=true", None, 2, ["export.push needs HF_TOKEN"]),

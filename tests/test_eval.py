@@ -8,6 +8,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 from trainer.cli import main
 from trainer.config import EvalDatasetConfig, load_config
@@ -31,6 +32,8 @@ def done(answer: str, work: str = "2 + 2 = 4") -> str:
         (done("\\frac{1}{2}"), "0.5", True),  # symbolic equivalence
         (done("\\boxed{12}"), "12", True),
         (done("5"), "4", False),
+        (done("**73**"), "73", True),  # markdown emphasis
+        (done(" "), "0", False),  # an empty answer
         ("<SOLUTION>4</SOLUTION>", "4", False),  # no working-out end tag: not the format's answer
         ("2 + 2 = 4", "4", False),  # no solution block at all
     ],
@@ -161,6 +164,13 @@ def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: 
         ("math500", "base", 3),
     ]
     assert report["settings"]["num_samples"] == 2 and report["datasets"]["gsm8k"]["n"] == 3
+    assert (report["settings"]["top_k"], report["settings"]["top_p"], report["settings"]["min_p"]) == (50, 1.0, None)
+    note = "sampled pass@1 draws with temperature 1.0, top_k 50, top_p 1, no min_p"
+    assert (
+        note in report["settings"]["sampling_note"]
+        and "rollouts' settings (min_p 0.1)" in report["settings"]["sampling_note"]
+    )
+    assert note[1:] in (volume / "tiny/eval/report.md").read_text()
     assert "| heldout | base | 3 |" in out and (volume / "tiny/eval/report.md").read_text().startswith("| dataset |")
     samples = [json.loads(line) for line in (volume / "tiny/eval/samples.jsonl").read_text().splitlines()]
     assert len(samples) == 9 and {"question", "answer", "completion", "extracted", "correct"} <= set(samples[0])
@@ -238,3 +248,28 @@ def test_missing_tracker_is_a_clear_error(volume: Path, tiny_model_dir: Path, ca
     err = capsys.readouterr().err
     assert err.startswith("error: report_to: wandb needs the wandb package") and err.count("\n") == 1
     assert not list(volume.rglob("adapter*")) and not list(volume.rglob("events.out.*"))  # nothing trained
+
+
+def test_generation_ignores_the_models_own_sampling_fields(tiny_model_dir: Path) -> None:
+    """transformers fills unset generation fields from the model's generation_config; ours pins them."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer.format import apply_format, prompt_messages
+    from trainer.generation import generate
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    apply_format(tok)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    convs = [prompt_messages("What is 12*7?"), prompt_messages("What is 3+4?")]
+
+    def texts(temperature: float) -> list[str]:
+        torch.manual_seed(0)
+        out = generate(model, tok, convs, max_new_tokens=6, temperature=temperature, top_k=0, num_samples=1)
+        return [c.text for group in out for c in group]
+
+    clean = {t: texts(t) for t in (0.0, 1.0)}
+    drawn = sorted({i for t in clean[0.0] for i in tok(t, add_special_tokens=False)["input_ids"]})
+    g = model.generation_config
+    g.repetition_penalty, g.no_repeat_ngram_size, g.typical_p, g.min_p = 50.0, 1, 0.2, 0.9
+    g.min_new_tokens, g.suppress_tokens = 6, drawn
+    assert {t: texts(t) for t in (0.0, 1.0)} == clean

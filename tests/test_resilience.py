@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -138,6 +139,8 @@ def test_corrupt_newest_checkpoint_is_skipped_for_the_previous_one(
     size = weights.stat().st_size
     with weights.open("r+b") as f:  # a write cut short (full disk, killed VM)
         f.truncate(size // 2)
+    # The run died there: no adapter (a finished stage would have nothing to do).
+    shutil.rmtree(volume / "tiny/grpo/adapter")
 
     with caplog.at_level(logging.INFO):
         assert run("grpo", args) == 0
@@ -203,3 +206,81 @@ def test_write_atomic_removes_what_a_killed_write_left(tmp_path: Path) -> None:
     assert (dest / "adapter_config.json").read_text() == "{}"
     assert not stale.exists() and other.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == [".merged.tmp-live", "adapter"]
+
+
+# --------------------------------------------------------------------------------------------
+# A resume must match the config that made the checkpoint; a finished stage stays finished
+
+
+def error_line(capsys: pytest.CaptureFixture) -> str:
+    lines = capsys.readouterr().err.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture
+def sft_args(tiny_model_dir: Path) -> list[str]:
+    return [f"model.name={tiny_model_dir}", "report_to=[]", "sft.max_steps=2", "sft.save_steps=1"]
+
+
+def sft_state(volume: Path) -> tuple[int, list[str], float]:
+    """(run.json's global_step, checkpoint folders, the adapter's mtime)."""
+    adapter = volume / "tiny/sft/adapter/adapter_model.safetensors"
+    ckpts = [p.name for p in checkpoints(volume / "tiny/sft/checkpoints")]
+    return json.loads((volume / "tiny/sft/run.json").read_text())["global_step"], ckpts, adapter.stat().st_mtime
+
+
+@pytest.mark.slow
+def test_sft_resume_refuses_other_settings_and_a_finished_stage_changes_nothing(
+    volume: Path, sft_args: list[str], tmp_path: Path, capsys: pytest.CaptureFixture, caplog
+) -> None:
+    assert run("sft", sft_args) == 0
+    finished = sft_state(volume)
+    assert finished[:2] == (2, ["checkpoint-1", "checkpoint-2"])
+
+    # The same command again: says so, writes nothing.
+    with caplog.at_level(logging.WARNING):
+        assert run("sft", sft_args) == 0
+    assert "sft already finished (step 2 of 2" in caplog.text and "resume=fresh" in caplog.text
+    assert sft_state(volume) == finished
+
+    other = tmp_path / "other.jsonl"
+    other.write_text((ROOT / "src/trainer/sample_data/sft.jsonl").read_text().split("\n", 1)[1])
+    capsys.readouterr()
+    assert run("sft", [*sft_args, f"sft.dataset.path={other}", "sft.learning_rate=0.001"]) == 2
+    line = error_line(capsys)
+    assert line.startswith("error: sft: the checkpoint ") and "was made with other settings" in line
+    assert (
+        "sft.dataset.path 'src/trainer/sample_data/sft.jsonl' -> " in line
+        and "sft.learning_rate 0.005 -> 0.001" in line
+    )
+    assert "resume=fresh" in line and "resume=anyway" in line
+    assert run("sft", [*sft_args, "lora.r=8"]) == 2
+    assert "lora.r 16 -> 8" in error_line(capsys)
+
+    assert run("sft", [*sft_args, "sft.max_steps=1"]) == 2
+    assert error_line(capsys).startswith("error: sft.max_steps 1 is below step 2")
+    assert sft_state(volume) == finished
+
+    # Asked to: resume with other settings up to a larger max_steps, then start over.
+    assert run("sft", [*sft_args, "sft.learning_rate=0.001", "sft.max_steps=3", "resume=anyway"]) == 0
+    assert sft_state(volume)[:2] == (3, ["checkpoint-2", "checkpoint-3"])
+    assert run("sft", [*sft_args, "resume=fresh"]) == 0
+    assert sft_state(volume)[:2] == (2, ["checkpoint-1", "checkpoint-2"])
+
+
+@pytest.mark.slow
+def test_grpo_rerun_of_a_finished_stage_changes_nothing(
+    volume: Path, grpo_args: list[str], capsys: pytest.CaptureFixture
+) -> None:
+    args = [*grpo_args, "grpo.max_steps=2", "grpo.save_steps=1"]
+    assert run("grpo", args) == 0
+    adapter = volume / "tiny/grpo/adapter/adapter_model.safetensors"
+    mtime = adapter.stat().st_mtime
+    assert run("grpo", args) == 0
+    assert [p.name for p in checkpoints(volume / "tiny/grpo/checkpoints")] == ["checkpoint-1", "checkpoint-2"]
+    assert adapter.stat().st_mtime == mtime and final_step(volume) == 2
+    capsys.readouterr()
+    assert run("grpo", [*args, "grpo.max_steps=1"]) == 2
+    assert error_line(capsys).startswith("error: grpo.max_steps 1 is below step 2")
+    assert run("grpo", [*args, "grpo.temperature=0.5"]) == 2
+    assert "grpo.temperature 1.0 -> 0.5" in error_line(capsys)

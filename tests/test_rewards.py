@@ -212,6 +212,22 @@ def test_default_format_rejects_trailing_lines_and_multiple_blocks():
     assert score("default", "check_answer", texts, answer="4") == [5.0, 5.0, -2.0, -2.0]
 
 
+@pytest.mark.parametrize("blank", [" ", "", "\n\t ", "  \n"])
+def test_default_format_pays_nothing_for_an_empty_answer(blank):
+    text = f"<end_working_out><SOLUTION>{blank}</SOLUTION>"
+    assert score("default", "match_format_exactly", [text, text + EOS]) == [0.0, 0.0]
+    assert not follows_format(text)
+    assert score("default", "check_answer", [text], answer="4") == [-2.0]
+    if blank:  # the seed set keeps the recipe's regex, which pays for it
+        assert score("seed", "match_format_exactly", [text]) == [3.0]
+
+
+def test_markdown_emphasis_in_the_solution_counts_as_the_answer():
+    assert score("default", "check_answer", [done("**73**"), done("*73*")], answer="73") == [5.0, 5.0]
+    assert score("default", "check_numbers", [done("**73**")], answer="73") == [3.5]
+    assert score("default", "check_answer", [done("**74**")], answer="73") == [2.0]
+
+
 def test_default_check_answer_fixes_commas():
     assert score("default", "check_answer", [done("1000"), done("1,000")], answer="1,000") == [5.0, 5.0]
     assert score("default", "check_answer", [done("1,000")], answer="1000") == [5.0]

@@ -480,3 +480,55 @@ def test_tile_choices_are_kept_across_processes(tmp_path: Path, monkeypatch: pyt
     assert tuned(32, 4096, torch.bfloat16) == (512, 3) and tuned(64, 8, torch.bfloat16) is None
     assert calls == [(32, 4096), (64, 8)]
     assert tuned(16, 4096, torch.bfloat16) == (256, 3) and len(calls) == 3  # a new shape is timed
+
+
+class _TwoLayers(torch.nn.Module):
+    """A Linear with a bias and a GPT-2 style Conv1D (weight stored [in, out]), both square, so that a
+    transposed weight runs without a shape error and only its values can tell."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from transformers.pytorch_utils import Conv1D
+
+        self.lin = torch.nn.Linear(16, 16, bias=True)
+        self.conv = Conv1D(16, 16)
+        torch.nn.init.normal_(self.conv.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(torch.relu(self.lin(x)))
+
+
+@pytest.mark.parametrize(
+    ("target", "bias", "fan_in_fan_out"),
+    [("lin", "lora_only", False), ("lin", "all", False), ("conv", "none", True), ("conv", "all", True)],
+)
+def test_lean_lora_falls_back_where_it_would_not_be_exact(target: str, bias: str, fan_in_fan_out: bool) -> None:
+    """A trainable base bias and a Conv1D base take PEFT's forward: the same outputs and gradients
+    (the base bias's included) under bf16 autocast."""
+    import peft
+
+    from trainer.fast_grpo import lean_lora
+
+    torch.manual_seed(0)
+    config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target], bias=bias, fan_in_fan_out=fan_in_fan_out)
+    model = peft.get_peft_model(_TwoLayers(), config)
+    for name, p in model.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(p)  # B starts at zero: make the adapter's term count
+    x = torch.randn(3, 5, 16)
+
+    def run() -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        model.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y = model(x).float()
+        y.square().mean().backward()
+        return y.detach(), {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    want_y, want_grads = run()
+    with lean_lora(model):
+        got_y, got_grads = run()
+    assert any("bias" in n for n in want_grads) == (bias != "none")
+    torch.testing.assert_close(got_y, want_y)
+    assert got_grads.keys() == want_grads.keys()
+    for name, want in want_grads.items():
+        torch.testing.assert_close(got_grads[name], want, msg=name)

@@ -24,12 +24,44 @@ from trainer.errors import ConfigError
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-def _f(default: Any = dataclasses.MISSING, help: str = "", **kw: Any) -> Any:  # noqa: A002
-    """A dataclass field with a help text; mutable defaults go through a factory."""
+def _f(
+    default: Any = dataclasses.MISSING,
+    help: str = "",  # noqa: A002
+    *,
+    ge: float | None = None,
+    gt: float | None = None,
+    le: float | None = None,
+    lt: float | None = None,
+) -> Any:
+    """A dataclass field with a help text and, for a number, its valid range (checked by `_build`
+    before anything loads; None is always allowed where the type allows it). Mutable defaults go
+    through a factory."""
+    bounds = {k: v for k, v in (("ge", ge), ("gt", gt), ("le", le), ("lt", lt)) if v is not None}
+    metadata = {"help": help, "range": bounds} if bounds else {"help": help}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         value = default
-        return field(default_factory=lambda: copy.deepcopy(value), metadata={"help": help}, **kw)
-    return field(default=default, metadata={"help": help}, **kw)
+        return field(default_factory=lambda: copy.deepcopy(value), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+_BOUND_TEXT = {"ge": "at least", "gt": "above", "le": "at most", "lt": "below"}
+_BOUND_OK = {
+    "ge": lambda v, b: v >= b,
+    "gt": lambda v, b: v > b,
+    "le": lambda v, b: v <= b,
+    "lt": lambda v, b: v < b,
+}
+
+
+def check_range(f: dataclasses.Field, value: Any, key: str) -> None:
+    """Raise ConfigError when a number is outside the field's declared range (see `_f`)."""
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return
+    bounds = f.metadata.get("range", {})
+    broken = [k for k, b in bounds.items() if not _BOUND_OK[k](value, b)]
+    if broken:
+        valid = " and ".join(f"{_BOUND_TEXT[k]} {bounds[k]}" for k in bounds)
+        raise ConfigError(f"config key '{key}' must be {valid}, got {value!r}.")
 
 
 @dataclass
@@ -41,7 +73,7 @@ class ModelConfig:
         "(the embedded default); 'pretrained': load `name` as it is.",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
-    max_seq_length: int = _f(2048, "Longest sequence (prompt + completion) any stage handles.")
+    max_seq_length: int = _f(2048, "Longest sequence (prompt + completion) any stage handles.", ge=1)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f(
         "auto", "Weights dtype: 'auto' is bfloat16 on a GPU that supports it, else float32."
     )
@@ -57,9 +89,9 @@ class ModelConfig:
 
 @dataclass
 class LoraConfig:
-    r: int = _f(32, "LoRA rank.")
-    alpha: int = _f(64, "LoRA alpha (scale = alpha / r).")
-    dropout: float = _f(0.0, "LoRA dropout.")
+    r: int = _f(32, "LoRA rank.", ge=1)
+    alpha: int = _f(64, "LoRA alpha (scale = alpha / r).", gt=0)
+    dropout: float = _f(0.0, "LoRA dropout.", ge=0, lt=1)
     target_modules: list[str] = _f(LORA_TARGETS, "Module names that get LoRA adapters.")
     gradient_checkpointing: bool = _f(True, "Recompute activations in the backward pass to save memory.")
 
@@ -72,9 +104,11 @@ class DatasetConfig:
     columns: dict[str, str] = _f(
         {}, "Mapping from this stage's column names to the dataset's (e.g. {answer: solution})."
     )
-    limit: int | None = _f(None, "Use at most this many rows (after filters).")
+    limit: int | None = _f(None, "Use at most this many rows (after filters).", ge=1)
     on_bad_row: Literal["error", "skip"] = _f(
-        "error", "A malformed row in a local file: 'error' stops with file:line, 'skip' logs and skips it."
+        "error",
+        "A malformed row in a local file, or a row with an empty value: 'error' stops with file:line, "
+        "'skip' logs and skips it.",
     )
 
 
@@ -84,19 +118,19 @@ class SFTConfig:
         DatasetConfig(path="unsloth/OpenMathReasoning-mini", split="cot"),
         "SFT data: columns problem, solution, answer.",
     )
-    learning_rate: float = _f(2e-4, "Peak learning rate.")
-    num_train_epochs: float = _f(2.0, "Epochs over the SFT data (ignored when max_steps > 0).")
-    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 runs num_train_epochs.")
-    per_device_train_batch_size: int = _f(1, "Sequences per device per micro-batch.")
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    warmup_steps: int = _f(5, "Linear warmup steps.")
+    learning_rate: float = _f(2e-4, "Peak learning rate.", gt=0)
+    num_train_epochs: float = _f(2.0, "Epochs over the SFT data (ignored when max_steps > 0).", gt=0)
+    max_steps: int = _f(-1, "Stop after this many optimizer steps; -1 runs num_train_epochs.", ge=-1)
+    per_device_train_batch_size: int = _f(1, "Sequences per device per micro-batch.", ge=1)
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", ge=1)
+    warmup_steps: int = _f(5, "Linear warmup steps.", ge=0)
     optim: str = _f("adamw_8bit", "Optimizer name (transformers). adamw_8bit needs bitsandbytes (GPU).")
-    weight_decay: float = _f(0.001, "Weight decay.")
+    weight_decay: float = _f(0.001, "Weight decay.", ge=0)
     lr_scheduler_type: str = _f("linear", "Learning-rate schedule.")
-    logging_steps: int = _f(1, "Log every N steps.")
-    save_steps: int = _f(500, "Write a resumable checkpoint every N steps.")
+    logging_steps: int = _f(1, "Log every N steps.", ge=1)
+    save_steps: int = _f(500, "Write a resumable checkpoint every N steps.", ge=1)
     keep_checkpoints: int = _f(
-        2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1."
+        2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1.", ge=1
     )
 
 
@@ -109,42 +143,46 @@ class GRPOConfig:
     start_from: str | None = _f(
         None, "Adapter to start from; default: this run's SFT adapter on the checkpoint volume."
     )
-    learning_rate: float = _f(5e-6, "Peak learning rate.")
-    weight_decay: float = _f(0.001, "Weight decay.")
-    warmup_ratio: float = _f(0.1, "Share of steps spent in linear warmup.")
+    learning_rate: float = _f(5e-6, "Peak learning rate.", gt=0)
+    weight_decay: float = _f(0.001, "Weight decay.", ge=0)
+    warmup_ratio: float = _f(0.1, "Share of steps spent in linear warmup.", ge=0, lt=1)
     lr_scheduler_type: str = _f("linear", "Learning-rate schedule.")
     optim: str = _f("adamw_8bit", "Optimizer name (transformers).")
-    max_steps: int = _f(100, "Optimizer steps.")
-    save_steps: int = _f(100, "Write a resumable checkpoint every N steps.")
+    max_steps: int = _f(100, "Optimizer steps.", ge=1)
+    save_steps: int = _f(100, "Write a resumable checkpoint every N steps.", ge=1)
     keep_checkpoints: int = _f(
-        2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1."
+        2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1.", ge=1
     )
-    logging_steps: int = _f(1, "Log every N steps.")
-    num_generations: int = _f(4, "Completions sampled per prompt (the GRPO group).")
+    logging_steps: int = _f(1, "Log every N steps.", ge=1)
+    num_generations: int = _f(4, "Completions sampled per prompt (the GRPO group).", ge=2)
     per_device_train_batch_size: int = _f(
         4,
         "Completions per device per micro-batch. per_device_train_batch_size x processes x "
         "gradient_accumulation_steps must be a multiple of num_generations (checked at start).",
+        ge=1,
     )
-    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.")
-    temperature: float = _f(1.0, "Sampling temperature of rollouts.")
-    top_p: float = _f(1.0, "Nucleus sampling of rollouts.")
-    top_k: int = _f(0, "Top-k sampling of rollouts (0: off).")
-    min_p: float | None = _f(0.1, "Min-p sampling of rollouts.")
-    prompt_length_quantile: float = _f(0.9, "Prompts longer than this quantile of prompt token lengths are dropped.")
-    max_prompt_length: int | None = _f(None, "Longest prompt in tokens; default: the quantile cut above + 1.")
+    gradient_accumulation_steps: int = _f(1, "Micro-batches per optimizer step.", ge=1)
+    temperature: float = _f(1.0, "Sampling temperature of rollouts.", gt=0)
+    top_p: float = _f(1.0, "Nucleus sampling of rollouts.", gt=0, le=1)
+    top_k: int = _f(0, "Top-k sampling of rollouts (0: off).", ge=0)
+    min_p: float | None = _f(0.1, "Min-p sampling of rollouts.", ge=0, le=1)
+    prompt_length_quantile: float = _f(
+        0.9, "Prompts longer than this quantile of prompt token lengths are dropped.", gt=0, le=1
+    )
+    max_prompt_length: int | None = _f(None, "Longest prompt in tokens; default: the quantile cut above + 1.", ge=1)
     max_completion_length: int | None = _f(
-        None, "Longest completion in tokens; default: max_seq_length - max_prompt_length."
+        None, "Longest completion in tokens; default: max_seq_length - max_prompt_length.", ge=1
     )
     loss_type: Literal["grpo", "dr_grpo", "dapo", "bnpo"] = _f(
         "dapo", "GRPO loss normalisation (TRL loss_type). Stated here because Unsloth changes it silently."
     )
-    beta: float = _f(0.0, "KL coefficient; 0 loads no reference model.")
-    epsilon: float = _f(0.2, "PPO clip range.")
+    beta: float = _f(0.0, "KL coefficient; 0 loads no reference model.", ge=0)
+    epsilon: float = _f(0.2, "PPO clip range.", ge=0)
     epsilon_high: float | None = _f(
         None,
         "Upper clip range; default: epsilon. Always passed to the trainer, because Unsloth sets 0.28 "
         "(the DAPO paper's) for loss_type dapo when it is left unset.",
+        ge=0,
     )
     scale_rewards: Literal["group", "batch", "none"] = _f("group", "Advantage scaling.")
     mask_truncated_completions: bool = _f(
@@ -172,12 +210,12 @@ class GRPOConfig:
     vllm_mode: Literal["colocate", "server"] = _f(
         "colocate", "vLLM in the trainer process, or a trl vllm-serve server."
     )
-    vllm_gpu_memory_utilization: float = _f(0.9, "Share of GPU memory vLLM may take (colocate).")
+    vllm_gpu_memory_utilization: float = _f(0.9, "Share of GPU memory vLLM may take (colocate).", gt=0, le=1)
     vllm_server_host: str = _f(
         "0.0.0.0",
         "Host of the `trl vllm-serve` server (vllm_mode: server); 'vllm' is the compose service (docs/scaling.md).",
     )
-    vllm_server_port: int = _f(8000, "Port of the `trl vllm-serve` server (vllm_mode: server).")
+    vllm_server_port: int = _f(8000, "Port of the `trl vllm-serve` server (vllm_mode: server).", ge=1, le=65535)
     rollout_engine: Literal["trl", "fast"] = _f(
         "fast",
         "Rollouts when vLLM is off, on backend hf: 'fast' decodes with trainer.rollout (static KV cache, "
@@ -191,6 +229,7 @@ class GRPOConfig:
         10,
         "Every N steps, append the latest rollouts (prompt, completion, each reward, advantage) to "
         "grpo/completions.jsonl on the volume; 0: never.",
+        ge=0,
     )
 
 
@@ -204,7 +243,10 @@ class EvalDatasetConfig:
     answer_format: Literal["plain", "gsm8k"] = _f(
         "plain", "'gsm8k': the answer column is a worked solution ending in '#### <answer>'."
     )
-    limit: int | None = _f(None, "Evaluate only the first N problems.")
+    limit: int | None = _f(None, "Evaluate only the first N problems.", ge=1)
+    on_bad_row: Literal["error", "skip"] = _f(
+        "error", "A malformed or empty row: 'error' stops with file:line, 'skip' logs and skips it."
+    )
 
 
 @dataclass
@@ -219,21 +261,21 @@ class EvalConfig:
     models: list[Literal["base", "sft", "grpo"]] = _f(
         ["base", "sft", "grpo"], "Which models to compare: the base model and this run's adapters."
     )
-    max_new_tokens: int = _f(1024, "Completion budget per problem.")
-    batch_size: int = _f(16, "Prompts per generation batch.")
-    num_samples: int = _f(1, "Sampled completions per problem for sampled pass@1 (0: greedy only).")
-    temperature: float = _f(1.0, "Temperature of the sampled pass@1.")
-    top_k: int = _f(50, "Top-k of the sampled pass@1.")
-    limit: int | None = _f(None, "Evaluate at most N problems per dataset (overrides each dataset's limit).")
+    max_new_tokens: int = _f(1024, "Completion budget per problem.", ge=1)
+    batch_size: int = _f(16, "Prompts per generation batch.", ge=1)
+    num_samples: int = _f(1, "Sampled completions per problem for sampled pass@1 (0: greedy only).", ge=0)
+    temperature: float = _f(1.0, "Temperature of the sampled pass@1.", gt=0)
+    top_k: int = _f(50, "Top-k of the sampled pass@1.", ge=0)
+    limit: int | None = _f(None, "Evaluate at most N problems per dataset (overrides each dataset's limit).", ge=1)
 
 
 @dataclass
 class InferConfig:
     adapter: str = _f("latest", "'latest', 'grpo', 'sft', 'none' or a path to a PEFT adapter.")
     prompt: str = _f("What is 12*7?", "The problem to solve.")
-    temperature: float = _f(1.0, "Sampling temperature (0: greedy).")
-    top_k: int = _f(50, "Top-k sampling.")
-    max_new_tokens: int = _f(2048, "Completion budget.")
+    temperature: float = _f(1.0, "Sampling temperature (0: greedy).", ge=0)
+    top_k: int = _f(50, "Top-k sampling.", ge=0)
+    max_new_tokens: int = _f(2048, "Completion budget.", ge=1)
 
 
 @dataclass
@@ -248,11 +290,18 @@ class ExportConfig:
 @dataclass
 class RunConfig:
     run_name: str = _f("default", "Folder under CHECKPOINT_DIR holding this run's stages.")
-    seed: int = _f(3407, "Random seed for every stage.")
+    seed: int = _f(3407, "Random seed for every stage.", ge=0, le=2**32 - 1)
     backend: Literal["hf", "unsloth"] = _f(
         "hf", "'unsloth': FastLanguageModel on a GPU; 'hf': transformers + PEFT + TRL (CPU or GPU)."
     )
     report_to: list[str] = _f(["tensorboard"], "Trackers: tensorboard, wandb, trackio (or empty).")
+    resume: Literal["auto", "fresh", "anyway"] = _f(
+        "auto",
+        "SFT / GRPO with work already in the stage's folder. 'auto': resume the newest checkpoint when it "
+        "was made with the same data, model, LoRA, seed and schedule settings (else stop, naming what "
+        "differs); a finished stage does nothing. 'fresh': delete the stage's checkpoints and train from "
+        "scratch. 'anyway': resume even where those settings differ.",
+    )
     model: ModelConfig = _f(ModelConfig(), "Base model.")
     lora: LoraConfig = _f(LoraConfig(), "LoRA adapter.")
     sft: SFTConfig = _f(SFTConfig(), "Stage 1: supervised format teaching.")
@@ -263,9 +312,6 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         g = self.grpo
-        for stage in ("sft", "grpo"):
-            if getattr(self, stage).keep_checkpoints < 1:
-                raise ConfigError(f"{stage}.keep_checkpoints must be at least 1 (the checkpoint a resume starts from).")
         # The batch against num_generations depends on the process count: distributed.check_batch_geometry.
         if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):
             raise ConfigError(
@@ -280,10 +326,18 @@ class RunConfig:
                 close = difflib.get_close_matches(name, valid, n=1, cutoff=0.5)
                 hint = f"did you mean '{close[0]}'?" if close else f"valid: {', '.join(valid)}."
                 raise ConfigError(f"grpo.rewards: unknown reward '{name}' in the {g.reward_set} set; {hint}")
-        if not 0 < g.prompt_length_quantile <= 1:
-            raise ConfigError("grpo.prompt_length_quantile must be in (0, 1].")
-        if g.log_completions_steps < 0:
-            raise ConfigError("grpo.log_completions_steps must be 0 (off) or a number of steps.")
+        seq, prompt, completion = self.model.max_seq_length, g.max_prompt_length, g.max_completion_length
+        for key, n in (("grpo.max_prompt_length", prompt), ("grpo.max_completion_length", completion)):
+            if n is not None and n >= seq:
+                raise ConfigError(
+                    f"{key} {n} leaves no room in model.max_seq_length {seq} (prompt + completion); "
+                    f"lower {key} or raise model.max_seq_length."
+                )
+        if prompt is not None and completion is not None and prompt + completion > seq:
+            raise ConfigError(
+                f"grpo.max_prompt_length {prompt} + grpo.max_completion_length {completion} = {prompt + completion} "
+                f"does not fit model.max_seq_length {seq}; lower one of them or raise model.max_seq_length."
+            )
         if self.model.load_in_4bit and self.backend != "unsloth":
             raise ConfigError("model.load_in_4bit needs backend: unsloth.")
 
@@ -373,6 +427,9 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}."
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
+    for f in dataclasses.fields(cls):
+        if f.name in kwargs:
+            check_range(f, kwargs[f.name], prefix + f.name)
     return cls(**kwargs)
 
 

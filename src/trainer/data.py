@@ -41,8 +41,16 @@ def _read_jsonl(path: Path, on_bad_row: str) -> list[dict[str, Any]]:
                     raise DataError(f"{msg}; fix the line or set on_bad_row: skip for this dataset.") from None
                 log.warning("%s; skipped", msg)
                 continue
-            rows.append(row)
+            rows.append(_Row(row, where=f"{path}:{lineno}"))
     return rows
+
+
+class _Row(dict):
+    """A row read from a local file, with the `file:line` it came from (for errors)."""
+
+    def __init__(self, row: dict[str, Any], where: str) -> None:
+        super().__init__(row)
+        self.where = where
 
 
 def load_rows(path: str, *, name: str | None = None, split: str = "train", on_bad_row: str = "error") -> list[dict]:
@@ -70,8 +78,14 @@ def load_rows(path: str, *, name: str | None = None, split: str = "train", on_ba
     return ds.to_list()
 
 
-def select_columns(rows: list[dict], wanted: dict[str, str], mapping: dict[str, str], source: str) -> list[dict]:
-    """Rename the dataset's columns to the stage's names; error naming any that are missing."""
+def select_columns(
+    rows: list[dict], wanted: dict[str, str], mapping: dict[str, str], source: str, on_bad_row: str = "error"
+) -> list[dict]:
+    """Rename the dataset's columns to the stage's names; error naming any that are missing.
+
+    A row whose value is null, empty or only whitespace in one of them is an error naming its
+    `file:line` (a row number for other sources) and the column, or with `on_bad_row: skip` is
+    skipped and counted in the log."""
     unknown = set(mapping) - set(wanted)
     if unknown:
         raise DataError(f"{source}: columns mapping names {sorted(unknown)}, but this stage uses {sorted(wanted)}.")
@@ -87,14 +101,20 @@ def select_columns(rows: list[dict], wanted: dict[str, str], mapping: dict[str, 
             )
     out = []
     for i, row in enumerate(rows):
-        item = {}
-        for ours, theirs in cols.items():
-            value = row.get(theirs)
-            if value is None:
-                raise DataError(f"{source}: row {i + 1} has no value in column '{theirs}'.")
-            item[ours] = value if isinstance(value, str) else str(value)
-        out.append(item)
-    return out
+        empty = [t for t in cols.values() if row.get(t) is None or not str(row.get(t)).strip()]
+        if empty:
+            where = getattr(row, "where", None) or f"{source}: row {i + 1}"
+            msg = f"{where}: no value (null or empty) in column '{empty[0]}'"
+            if on_bad_row == "error":
+                raise DataError(f"{msg}; fix the row or set on_bad_row: skip for this dataset.")
+            log.warning("%s; skipped", msg)
+            continue
+        out.append({ours: v if isinstance(v := row[theirs], str) else str(v) for ours, theirs in cols.items()})
+    if len(out) < len(rows):
+        log.warning(
+            "%s: %d of %d rows skipped for an empty value (on_bad_row: skip)", source, len(rows) - len(out), len(rows)
+        )
+    return _nonempty(out, "a value in every column", source)
 
 
 def _nonempty(rows: list, what: str, source: str) -> list:
@@ -118,7 +138,7 @@ def sft_texts(cfg: DatasetConfig, tokenizer: Any, max_seq_length: int) -> list[s
     numeric answers only, `<think>` tags stripped, at most max_seq_length/2 tokens."""
     source = cfg.path
     rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
-    rows = select_columns(rows, SFT_COLUMNS, cfg.columns, source)
+    rows = select_columns(rows, SFT_COLUMNS, cfg.columns, source, cfg.on_bad_row)
     rows = _nonempty([r for r in rows if _is_number(r["answer"])], "numeric answer", source)
     texts = []
     for r in rows:
@@ -144,29 +164,43 @@ def prompt_length(tokenizer: Any, messages: list[dict[str, str]]) -> int:
     return len(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def grpo_prompts(cfg: DatasetConfig, tokenizer: Any, quantile: float) -> tuple[list[dict], int]:
-    """GRPO rows {prompt: messages, answer} with prompts above the length quantile dropped.
+def grpo_prompts(
+    cfg: DatasetConfig, tokenizer: Any, quantile: float, max_length: int | None = None
+) -> tuple[list[dict], int]:
+    """GRPO rows {prompt: messages, answer} with prompts above the length quantile, or above
+    `max_length` tokens where that is lower (what fits beside the completions), dropped.
 
-    Returns the rows and the longest kept prompt length in tokens."""
+    Returns the rows and the cut: the longest prompt length kept, in tokens."""
     source = cfg.path
     rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
-    rows = select_columns(rows, GRPO_COLUMNS, cfg.columns, source)
+    rows = select_columns(rows, GRPO_COLUMNS, cfg.columns, source, cfg.on_bad_row)
     items = [{"prompt": prompt_messages(r["prompt"]), "answer": r["answer"].strip()} for r in rows]
     lengths = [prompt_length(tokenizer, it["prompt"]) for it in items]
     cut = sorted(lengths)[max(0, math.ceil(quantile * len(lengths)) - 1)]
+    why = f"the {quantile:g} length quantile"
+    if max_length is not None and max_length < cut:
+        cut, why = max_length, "max_prompt_length"
     items = _nonempty(
         [it for it, n in zip(items, lengths, strict=True) if n <= cut], f"prompt length <= {cut} tokens", source
     )
+    dropped = len(lengths) - len(items)
     items = items[: cfg.limit] if cfg.limit else items
-    log.info("GRPO data: %d prompts kept of %d (cut at %d tokens)", len(items), len(lengths), cut)
+    log.info(
+        "GRPO data: %d prompts kept of %d (%d longer than %d tokens, %s, dropped)",
+        len(items),
+        len(lengths),
+        dropped,
+        cut,
+        why,
+    )
     return items, cut
 
 
 def eval_problems(cfg: EvalDatasetConfig, limit: int | None) -> list[dict[str, str]]:
     """Held-out problems {question, answer}; GSM8K answers reduced to the text after '####'."""
     source = f"eval dataset '{cfg.name}' ({cfg.path})"
-    rows = load_rows(cfg.path, name=cfg.config, split=cfg.split)
-    rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source)
+    rows = load_rows(cfg.path, name=cfg.config, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source, cfg.on_bad_row)
     if cfg.answer_format == "gsm8k":
         for r in rows:
             if "####" not in r["answer"]:

@@ -105,11 +105,7 @@ def check_batch_geometry(cfg: RunConfig, processes: int) -> None:
     generation round (steps_per_generation defaults to gradient_accumulation_steps), and splits them
     into groups of num_generations completions of one prompt; a remainder would be a broken group.
     """
-    g = cfg.grpo
-    if g.num_generations < 2:
-        raise ConfigError(
-            f"grpo.num_generations is {g.num_generations}; GRPO compares completions of one prompt, set it to 2 or more."
-        )
+    g = cfg.grpo  # num_generations >= 2 (GRPO compares completions of one prompt): the config's range
     rounds = processes * g.gradient_accumulation_steps
     batch = g.per_device_train_batch_size * rounds
     if batch % g.num_generations == 0:

@@ -101,13 +101,23 @@ def sample_records(dataset: str, model: str, rows: list[dict[str, str]], greedy:
     ]
 
 
-def settings(e: EvalConfig, seed: int) -> dict[str, Any]:
+def settings(e: EvalConfig, seed: int, rollout_min_p: float | None = None) -> dict[str, Any]:
+    """What the report was measured with, the sampled pass@1's sampling and why it is not the rollouts'."""
+    rollouts = f"min_p {rollout_min_p}" if rollout_min_p else "no min_p"
     return {
         "max_new_tokens": e.max_new_tokens,
         "num_samples": e.num_samples,
         "temperature": e.temperature,
         "top_k": e.top_k,
+        "top_p": 1.0,
+        "min_p": None,
         "seed": seed,
+        "sampling_note": (
+            f"sampled pass@1 draws with temperature {e.temperature}, top_k {e.top_k}, top_p 1, no min_p "
+            f"(eval.temperature / eval.top_k), not the GRPO rollouts' settings ({rollouts}): the usual "
+            "pass@1 sampling, so the same for every model compared and for published scores; every "
+            "other generation setting of the model (repetition penalty, typical_p, ...) is off."
+        ),
     }
 
 
@@ -163,7 +173,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             log.info("%s", results[-1])
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "settings": settings(e, cfg.seed),
+        "settings": settings(e, cfg.seed, cfg.grpo.min_p),
         "datasets": {
             d.name: {"path": d.path, "config": d.config, "split": d.split, "n": len(problems[d.name])}
             for d in e.datasets

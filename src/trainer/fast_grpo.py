@@ -30,6 +30,7 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
 
 from trainer.config import RunConfig
+from trainer.generation import NEUTRAL_SAMPLING
 from trainer.rollout import RolloutEngine, Sampling, _rms_norm, _silu_mul, causal_lm, unsupported_reason
 
 log = logging.getLogger(__name__)
@@ -125,7 +126,7 @@ class FastGRPOTrainer(GRPOTrainer):
             return "grpo.use_vllm is on (vLLM generates)"
         if self.use_transformers_continuous_batching:
             return "TRL's paged (continuous-batching) generation is on"
-        if self.repetition_penalty != 1.0 or self.args.generation_kwargs:
+        if self.repetition_penalty != 1.0 or self.args.generation_kwargs not in (None, {}, NEUTRAL_SAMPLING):
             return "repetition_penalty or generation_kwargs are set"
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return "the model is sharded (DeepSpeed / FSDP)"
@@ -175,7 +176,8 @@ def lean_lora(model: Any) -> Iterator[None]:
     (it casts x to the adapter's float32 dtype, then autocast casts it back for the matmul, and the
     sum is formed and cast elementwise): on Qwen3-4B with 20k tokens that is gigabytes of traffic
     per layer and pass. Layers with dropout, variants (DoRA) or without autocast keep PEFT's own
-    forward. The result is the same sum, rounded once instead of three times."""
+    forward, and so do layers where the lean sum would not be exact: a trainable base bias, and a
+    Conv1D base (fan_in_fan_out). The result is the same sum, rounded once instead of three times."""
     from peft.tuners.lora import Linear as LoraLinear
 
     patched = [m for m in model.modules() if type(m) is LoraLinear and "forward" not in vars(m)]
@@ -196,6 +198,12 @@ def _lean_lora_forward(self: Any, x: torch.Tensor, *args: Any, **kwargs: Any) ->
         or self.disable_adapters
         or self.merged
         or not torch.is_autocast_enabled(x.device.type)
+        # Exact only for a plain Linear with a frozen or absent bias: the lean sum has no gradient
+        # for a trainable bias (adapter bias "lora_only" / "all"), and Conv1D (fan_in_fan_out,
+        # GPT-2 style) stores its weight transposed.
+        or self.fan_in_fan_out
+        or not isinstance(self.base_layer, torch.nn.Linear)
+        or (self.base_layer.bias is not None and self.base_layer.bias.requires_grad)
         or any(
             a in self.lora_variant
             or self.lora_B[a].bias is not None

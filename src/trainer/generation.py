@@ -15,6 +15,23 @@ class Completion:
     truncated: bool  # hit max_new_tokens before EOS
 
 
+# transformers 5 fills every generation field a caller leaves unset from the model's own
+# generation_config (a hub model may ship a repetition penalty, typical_p, suppressed tokens, min_p).
+# The recipe sets temperature, top_k, top_p and min_p; every other field that changes which token is
+# drawn is pinned here to the value that changes nothing, for eval, infer and TRL's rollouts alike
+# (the fast engine applies none of them). min_p 0 is min-p off, where the recipe leaves it null.
+NEUTRAL_SAMPLING: dict[str, Any] = {
+    "repetition_penalty": 1.0,
+    "typical_p": 1.0,
+    "no_repeat_ngram_size": 0,
+    "min_new_tokens": 0,
+    "suppress_tokens": [],
+    "begin_suppress_tokens": [],
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+}
+
+
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
     """Token ids that end a completion: the tokenizer's EOS and the model's generation EOS (one id or a list)."""
     ids = {tokenizer.eos_token_id}
@@ -37,18 +54,19 @@ def generate(
 ) -> list[list[Completion]]:
     """`num_samples` completions per conversation, in input order; temperature 0 means greedy.
 
-    Sampling settings are passed explicitly (top_k 0 is off, top_p 1, no min_p), so a model's own
-    generation_config (Qwen3 ships top_k 20, top_p 0.95) does not change what is measured.
+    Sampling settings are passed explicitly (top_k 0 is off, top_p 1, min_p off, and the rest at
+    NEUTRAL_SAMPLING), so a model's own generation_config (Qwen3 ships top_k 20, top_p 0.95) does not
+    change what is measured.
     """
     import torch
 
     tokenizer.padding_side = "left"
     sampling = temperature > 0
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id
+        max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id, **NEUTRAL_SAMPLING
     )
     if sampling:
-        kwargs.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=None, num_return_sequences=num_samples)
+        kwargs.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=0.0, num_return_sequences=num_samples)
     stops = stop_token_ids(model, tokenizer)
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
     lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]

@@ -12,6 +12,8 @@ from trainer import distributed
 from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
+from trainer.generation import NEUTRAL_SAMPLING
+from trainer.resilience import check_resume
 from trainer.training import (
     check_backend,
     common_args,
@@ -39,6 +41,8 @@ def start_adapter(cfg: RunConfig) -> Path:
 def main(cfg: RunConfig) -> Path:
     check_backend(cfg, cfg.grpo.optim)
     distributed.check_batch_geometry(cfg, distributed.num_processes())
+    if (finished := check_resume(cfg, "grpo")) is not None:
+        return finished
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
@@ -51,14 +55,13 @@ def main(cfg: RunConfig) -> Path:
     log.info("GRPO starts from the adapter %s", start)
     vllm = use_vllm(cfg)
     model, tokenizer = training_model(cfg, start_adapter=start, fast_inference=vllm)
-    rows, cut = grpo_prompts(g.dataset, tokenizer, g.prompt_length_quantile)
-    max_prompt = g.max_prompt_length or cut + 1
-    max_completion = g.max_completion_length or cfg.model.max_seq_length - max_prompt
-    if max_completion <= 0:
-        raise UserError(
-            f"no room for completions: max_seq_length {cfg.model.max_seq_length} - prompt length {max_prompt}; "
-            "raise model.max_seq_length or set grpo.max_completion_length."
-        )
+    seq = cfg.model.max_seq_length
+    # Prompts must fit beside the completions: a set max_prompt_length, else what the set
+    # max_completion_length (or one token) leaves; the config has checked that the two fit.
+    room = g.max_prompt_length or seq - (g.max_completion_length or 1)
+    rows, cut = grpo_prompts(g.dataset, tokenizer, g.prompt_length_quantile, room)
+    max_prompt = g.max_prompt_length or min(cut + 1, room)
+    max_completion = g.max_completion_length or seq - max_prompt
     requested = dict(
         **common_args(cfg, "grpo", g),
         warmup_steps=g.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
@@ -67,7 +70,7 @@ def main(cfg: RunConfig) -> Path:
         temperature=g.temperature,
         top_p=g.top_p,
         top_k=g.top_k,
-        min_p=g.min_p,
+        min_p=0.0 if g.min_p is None else g.min_p,  # None would be filled from the model's generation_config
         loss_type=g.loss_type,
         beta=g.beta,
         epsilon=g.epsilon,
@@ -82,6 +85,9 @@ def main(cfg: RunConfig) -> Path:
         vllm_server_host=g.vllm_server_host,
         vllm_server_port=g.vllm_server_port,
         log_completions=g.log_completions,
+        # vLLM takes its own sampling parameters (these names are transformers'): TRL's vLLM path
+        # gets none, and is not covered by this rule.
+        generation_kwargs=None if vllm else dict(NEUTRAL_SAMPLING),
     )
     args = GRPOConfig(**requested)
     reward_funcs = build_reward_funcs(g.reward_set, g.rewards, tokenizer.eos_token, g.reward_error_score)

@@ -255,4 +255,6 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"(temperature {s['temperature']}, top_k {s['top_k']}, seed {s['seed']})"
             )
         lines += ["", f"{how}, at most {s['max_new_tokens']} new tokens; ± is one standard error over problems."]
+        if s["num_samples"] and s.get("sampling_note"):
+            lines += ["", s["sampling_note"][0].upper() + s["sampling_note"][1:] + "."]
     return "\n".join(lines)

@@ -65,11 +65,13 @@ def strict_format_regex(eos_token: str | None) -> re.Pattern[str]:
     Differences from the seed regex (both are defects there): ``$`` is the end of the text, not of
     any line (the seed accepts ``</SOLUTION>`` followed by more lines), and neither the gap before
     ``<SOLUTION>`` nor the answer may contain a solution tag (the seed's lazy ``(.+?)`` stretches over
-    ``</SOLUTION> ... <SOLUTION>`` to find a later end).
+    ``</SOLUTION> ... <SOLUTION>`` to find a later end). The answer must hold a non-space character:
+    the seed pays format credit for ``<SOLUTION> </SOLUTION>``, an answer that is not there.
     """
     tempered = rf"(?:(?!{_ANY_SOL_TAG}).)"
+    visible = rf"(?:(?!{_ANY_SOL_TAG})\S)"
     return re.compile(
-        rf"{_END}{tempered}*?{_SOL}({tempered}+?){_SOL_END}\s*{_eos_part(eos_token)}\s*\Z",
+        rf"{_END}{tempered}*?{_SOL}({tempered}*?{visible}{tempered}*?){_SOL_END}\s*{_eos_part(eos_token)}\s*\Z",
         flags=re.DOTALL,
     )
 
@@ -114,7 +116,8 @@ _MAX_PARSE_CHARS = 6_000
 # Wall-clock bound on one symbolic comparison, enforced with SIGALRM in the main thread only.
 _TIMEOUT_S = 1.5
 
-_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"))
+# Markdown emphasis ("**73**") is a delimiter too: models trained on chat data bold their answers.
+_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"), ("__", "__"), ("*", "*"))
 _WRAPPER_CMDS = ("\\boxed{", "\\fbox{", "\\text{", "\\textbf{", "\\mathrm{", "\\mathbf{")
 
 _DECIMAL = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,4}))?")
@@ -143,7 +146,7 @@ _WORDS = re.compile(r"[A-Za-z]{2,}[\s,.:]+[A-Za-z]{2,}")
 
 
 def _unwrap(s: str) -> str:
-    """Strip whitespace, math delimiters, a final period and a whole-string ``\\boxed{}``-like wrapper."""
+    """Strip whitespace, math delimiters, markdown emphasis, a final period and a whole-string ``\\boxed{}``-like wrapper."""
     for _ in range(8):
         before = s
         s = s.strip()
@@ -351,6 +354,10 @@ def _latex_input(s: str) -> str:
     return f"${s}$"
 
 
+# Math pieces joined into one list by commas or words: "$1$, $2$ and $3$".
+_MATH_LIST = re.compile(r"\$[^$]+\$(?:\s*(?:,\s*)?(?:,|and|or|\\text\{\s*(?:and|or)\s*\})\s*\$[^$]+\$)+")
+
+
 def _prepare(s: str) -> str:
     """Rewrite forms math-verify 0.9 misreads into ones it reads right."""
     stripped = _number_text(s)
@@ -362,7 +369,10 @@ def _prepare(s: str) -> str:
         if kind == "decimal":  # keep it a decimal: math-verify compares floats with rounding
             return f"${_decimal_text(value)}$"
         return f"$\\frac{{{value.numerator}}}{{{value.denominator}}}$"
-    return _latex_input(_unwrap(s))
+    if _MATH_LIST.fullmatch(s.strip()):  # "$1$ and $2$": one list, not a sentence holding "$1$"
+        return "$" + ", ".join(re.findall(r"\$([^$]+)\$", s)) + "$"
+    # \mathrm{e} and \mathrm{i} (ISO style) are the constants math-verify reads as e and i.
+    return _latex_input(re.sub(r"\\mathrm\{\s*([ei])\s*\}", r"\1", _unwrap(s)))
 
 
 def _decimal_text(value: Fraction) -> str:
@@ -436,17 +446,37 @@ def _symbolic_equal(pred: str, ref: str) -> bool:
     # thread and whole seconds.
     gold = parse(_prepare(ref), configs, parsing_timeout=None)  # type: ignore[arg-type]
     target = parse(_prepare(pred), configs, parsing_timeout=None)  # type: ignore[arg-type]
-    if not gold or not target:
+    if not gold or not target or _read_partly(ref, gold) or _read_partly(pred, target):
         return False
     if not verify(gold, target, timeout_seconds=None):
         return False
     # math-verify rounds numbers to 6 decimal places, so 0.0000672 "equals" 0.0000671; require the
-    # values (when both are plain numbers) to agree to a relative 1e-6 as well.
+    # values (when both are plain numbers) to be equal when both are rational, else to agree to a
+    # relative 1e-6. No absolute tolerance: 2^-98 and 2^-99 are both below any fixed one.
+    if getattr(gold[0], "is_Rational", False) and getattr(target[0], "is_Rational", False):
+        return bool(gold[0] == target[0])
     g, t = _numeric_value(gold[0]), _numeric_value(target[0])
     if g is not None and t is not None:
-        scale = max(abs(g), abs(t))
-        return abs(g - t) <= 1e-6 * scale + 1e-12
+        return abs(g - t) <= 1e-6 * max(abs(g), abs(t))
     return True
+
+
+def _read_partly(text: str, parsed: list[Any]) -> bool:
+    """Whether math-verify read only the start of an answer meant as one expression.
+
+    Its LaTeX reader stops at the first thing it does not know (``1 - \\frac{1}{\\mathrm{x}}`` is read
+    as ``1 - \\frac{1}{``, then as 1): comparing that prefix would judge an answer the parser never
+    read. A sentence (the answer found inside it) is not one expression and is left alone.
+    """
+    prepared = _prepare(text)
+    if not (prepared.startswith("$") and prepared.endswith("$")) or len(parsed) < 2:
+        return False
+    whole, matched = (re.sub(r"\s+", "", x) for x in (prepared.strip("$"), str(parsed[-1])))
+    # A unit the parser drops on purpose ("15\\mbox{ cm}^2") is not a part left unread.
+    return whole.startswith(matched) and not _DROPPED_UNIT.fullmatch(whole[len(matched) :])
+
+
+_DROPPED_UNIT = re.compile(r"(?:\\(?:text|mbox|textnormal|mathrm)\{[A-Za-z]{2,}[A-Za-z.]*\}(?:\^\{?\d\}?)?)*")
 
 
 def _normalized_text(s: str) -> str:
@@ -461,12 +491,22 @@ def answers_equivalent(predicted: str, reference: str) -> bool:
     equations, units, percentages) goes to math-verify with the reference as gold. Bounded: long or
     explosive input is only compared as text, and in the main thread a 1.5 s deadline applies.
 
+    Rules worth knowing: values are equal exactly (rationals) or to a relative 1e-6, never to an
+    absolute tolerance, so tiny values stay distinct; an answer meant as one expression that the
+    parser reads only the start of is not equal to anything but its own text; markdown emphasis
+    (``**73**``) and math delimiters around the whole answer are ignored. A bare list may be joined
+    by commas, "and" or "or" (``1, 2 and 3``, ``1, 2, and 3``, ``$1$ and $2$``): it is the set of its
+    elements, so order and the joining words do not matter; a tuple or interval in brackets keeps
+    its order and its brackets.
+
     >>> answers_equivalent("\\\\dfrac12", "0.5")
     True
     >>> answers_equivalent("1,000", "1000")
     True
     >>> answers_equivalent("2.125", "2,125")
     False
+    >>> answers_equivalent("1, 2 and 3", "3, 2, 1")
+    True
     """
     if predicted is None or reference is None:
         return False

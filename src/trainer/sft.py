@@ -10,6 +10,7 @@ from pathlib import Path
 
 from trainer.config import RunConfig
 from trainer.data import sft_texts
+from trainer.resilience import check_resume
 from trainer.training import check_backend, common_args, finish, train, training_model
 
 log = logging.getLogger(__name__)
@@ -17,6 +18,8 @@ log = logging.getLogger(__name__)
 
 def main(cfg: RunConfig) -> Path:
     check_backend(cfg, cfg.sft.optim)
+    if (finished := check_resume(cfg, "sft")) is not None:
+        return finished
     import datasets
     from trl import SFTConfig, SFTTrainer
 

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer import distributed, models, resilience
-from trainer.config import RunConfig
+from trainer.config import RunConfig, to_dict
 from trainer.errors import UserError
 from trainer.volume import save_adapter, stage_dir, write_run_record
 
@@ -164,7 +164,8 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
     out = Path(trainer.args.output_dir)
     stop = resilience.StopOnSignal()
     keep = getattr(cfg, stage).keep_checkpoints
-    for callback in (stop, resilience.CheckpointManifest(keep), resilience.NonFiniteGuard(stage)):
+    settings = resilience.resume_settings(to_dict(cfg), stage)
+    for callback in (stop, resilience.CheckpointManifest(keep, settings), resilience.NonFiniteGuard(stage)):
         trainer.add_callback(callback)
     resume = last_checkpoint(trainer.args)
     if distributed.is_main_process():
