@@ -23,7 +23,12 @@ def fake_nvidia_smi(bin_dir: Path, output: str, rc: int = 0) -> None:
     [
         ("sft", None, {}, "error: no GPU visible in the container (nvidia-smi is missing"),
         ("grpo", ("NVIDIA H100 80GB HBM3, 535.104.05", 0), {}, "error: the NVIDIA driver 535.104.05 is too old"),
-        ("eval", ("Failed to initialize NVML: Driver/library version mismatch", 9), {}, "nvidia-smi is present but failed"),
+        (
+            "eval",
+            ("Failed to initialize NVML: Driver/library version mismatch", 9),
+            {},
+            "nvidia-smi is present but failed",
+        ),
         ("sft", None, {"TRAINER_REQUIRE_GPU": "0", "CHECKPOINT_DIR": "/proc/no-such-dir"}, "is not writable by uid"),
         ("train", None, {}, "error: unknown stage 'train'"),
     ],

@@ -161,8 +161,14 @@ def main(cfg: RunConfig) -> dict[str, Any]:
             )
             samples += sample_records(ds_name, name, rows, greedy)
             r = results[-1]
-            log.info("%s / %s: pass@1 greedy %.1f%%, format %.1f%% (n = %d)", r["dataset"], r["model"],
-                     100 * r["pass@1_greedy"], 100 * r["format_adherence"], r["n"])
+            log.info(
+                "%s / %s: pass@1 greedy %.1f%%, format %.1f%% (n = %d)",
+                r["dataset"],
+                r["model"],
+                100 * r["pass@1_greedy"],
+                100 * r["format_adherence"],
+                r["n"],
+            )
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings(e, cfg.seed),
