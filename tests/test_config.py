@@ -33,7 +33,7 @@ def test_reference_recipe_numbers() -> None:
     assert (s.optim, s.weight_decay, s.lr_scheduler_type) == ("adamw_8bit", 0.001, "linear")
     assert (g.learning_rate, g.weight_decay, g.warmup_ratio, g.optim) == (5e-6, 0.001, 0.1, "adamw_8bit")
     assert (g.num_generations, g.per_device_train_batch_size, g.temperature, g.min_p) == (4, 4, 1.0, 0.1)
-    assert (g.max_steps, g.save_steps, g.prompt_length_quantile) == (100, 100, 0.9)
+    assert (g.max_steps, g.save_steps, g.prompt_length_quantile) == (100, 5, 0.9)  # a kill loses <= 5 steps
     assert g.max_prompt_length is None and g.max_completion_length is None  # derived from the data
     assert (cfg.infer.temperature, cfg.infer.top_k, cfg.infer.max_new_tokens) == (1.0, 50, 2048)
 
