@@ -59,7 +59,7 @@ def run_stage(stage: str, cfg: RunConfig) -> object:
 # Printed after the demo's table on the embedded tiny model, where the numbers need reading.
 TINY_NOTE = """\
 What these numbers mean: the demo model is a tiny random Qwen3 (4 layers, hidden 128) trained for a
-minute on one-digit sums (src/trainer/sample_data/). SFT teaches it the answer format: compare the
+minute or two on one-digit sums (src/trainer/sample_data/). SFT teaches it the answer format: compare the
 format column of base and SFT. It is far too small to learn the arithmetic itself, so pass@1 stays at
 a few percent, and a GRPO-vs-SFT change of a few points is noise (see the ± column). The demo shows
 that every stage runs and writes what it should (the answer above is most likely wrong too); it says
