@@ -42,11 +42,11 @@ DOCKER_LAUNCH = $(if $(ACCELERATE_ARGS),-e TRAINER_ACCELERATE_ARGS="$(strip $(AC
 # Several nodes: the containers join on the hosts' network.
 COMPOSE_NODES = $(if $(filter-out 1,$(NNODES)),-f compose.yaml -f docker/compose.multinode.yaml)
 
-.PHONY: help setup demo test test-gpu lint build sft grpo eval infer export shell lock bench clean
+.PHONY: help setup demo test test-gpu lint build sft grpo eval infer export tensorboard shell lock bench clean
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z -]*:.*## / {printf "  make %-26s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
-	@echo "  variables: RUNNER=docker|local  CONFIG=configs/<recipe>.yaml  SET=\"a.b=1 c=x\"  PROMPT=\"...\""
+	@echo "  variables: RUNNER=docker|local  CONFIG=configs/<recipe>.yaml  SET=\"a.b=1 c=x\"  PROMPT=\"...\"  RUN=<run_name>"
 	@echo "  several GPUs / nodes: GPUS=N NNODES=M NODE_RANK=i MASTER_ADDR=host ACCELERATE_CONFIG=configs/accelerate/<ddp|zero2|zero3|fsdp2>.yaml"
 
 setup: $(VENV)/.installed ## create .venv with the CPU stack (torch 2.13.0 CPU)
@@ -109,6 +109,20 @@ ifeq ($(RUNNER),local)
 	$(VPY) -m trainer infer $(STAGE_ARGS) $(if $(PROMPT),--prompt "$(PROMPT)")
 else
 	$(COMPOSE) run --rm infer $(STAGE_ARGS) $(if $(PROMPT),--prompt "$(PROMPT)")
+endif
+
+# The run to watch: RUN=<run_name>, by default the recipe's (CONFIG). Locally its folder is under
+# CHECKPOINT_DIR (./checkpoints); in the container the checkpoint volume is served on the same port.
+RUN ?= $(shell sed -n 's/^run_name: *\([^ #]*\).*/\1/p' $(CONFIG))
+CHECKPOINT_DIR ?= checkpoints
+TB_PORT ?= 6006
+tensorboard: ## TensorBoard on http://localhost:6006 for one run (RUN=<run_name>, default: the recipe's)
+ifeq ($(RUNNER),local)
+	$(MAKE) setup
+	$(VENV)/bin/tensorboard --logdir $(CHECKPOINT_DIR)/$(RUN) --port $(TB_PORT)
+else
+	$(COMPOSE) run --rm -p $(TB_PORT):$(TB_PORT) --entrypoint tensorboard sft \
+		--logdir /checkpoints/$(RUN) --port $(TB_PORT) --bind_all
 endif
 
 shell: ## a shell in the container (volumes mounted, GPU reserved)

@@ -11,9 +11,11 @@ set -euo pipefail
 # CUDA 13.0 (the base image and torch's cu13 wheels) needs at least this driver branch.
 MIN_DRIVER="${TRAINER_MIN_DRIVER:-580}"
 
+# Exit 2, as the trainer does for bad input (README's exit-code table): everything stopped here is
+# the machine or the command line, not a bug.
 die() {
     printf 'error: %s\n' "$*" >&2
-    exit 1
+    exit 2
 }
 
 usage() {

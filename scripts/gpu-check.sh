@@ -16,8 +16,8 @@
 #                                        each, then the rollout engine alone: unfused, fused with
 #                                        compiled glue, with the kernels (docs/benchmarks.md
 #                                        "Like for like", about 7 minutes)
-# Where the Python stack is not installed (the lent GPU box), .device/site.tar.xz, built by
-# /work/shared/tools/device-site, is unpacked into /tmp/site first. Logs go to OUT (/tmp/gpu-check).
+# Where the Python stack is not installed on the host, a packed site-packages at .device/site.tar.xz
+# (if present) is unpacked into /tmp/site and put on PYTHONPATH first. Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
 what=${1:?usage: scripts/gpu-check.sh tests|bench4b|fastpath|speed [OUT]}
 out=${2:-/tmp/gpu-check}

@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import shlex
+import shutil
+import subprocess
 import typing
 from pathlib import Path
 
@@ -33,7 +36,7 @@ def test_reference_recipe_numbers() -> None:
     assert (s.optim, s.weight_decay, s.lr_scheduler_type) == ("adamw_8bit", 0.001, "linear")
     assert (g.learning_rate, g.weight_decay, g.warmup_ratio, g.optim) == (5e-6, 0.001, 0.1, "adamw_8bit")
     assert (g.num_generations, g.per_device_train_batch_size, g.temperature, g.min_p) == (4, 4, 1.0, 0.1)
-    assert (g.max_steps, g.save_steps, g.prompt_length_quantile) == (100, 100, 0.9)
+    assert (g.max_steps, g.save_steps, g.prompt_length_quantile) == (100, 5, 0.9)  # a kill loses <= 5 steps
     assert g.max_prompt_length is None and g.max_completion_length is None  # derived from the data
     assert (cfg.infer.temperature, cfg.infer.top_k, cfg.infer.max_new_tokens) == (1.0, 50, 2048)
 
@@ -166,3 +169,44 @@ def test_lengths_that_cannot_fit_are_refused(overrides: list[str], message: str)
     with pytest.raises(ConfigError, match=re.escape(message)):
         load_config(ROOT / "configs/tiny.yaml", overrides)
     load_config(ROOT / "configs/tiny.yaml", ["model.max_seq_length=64", "grpo.max_prompt_length=16"])
+
+
+@pytest.mark.parametrize(
+    ("overrides", "columns"),
+    [
+        # One entry per override, dotted into the mapping: no spaces, so it survives make's SET="..." split.
+        (["grpo.dataset.columns.prompt=question"], {"answer": "solution", "prompt": "question"}),
+        (["grpo.dataset.columns.prompt=q", "grpo.dataset.columns.answer=final"], {"answer": "final", "prompt": "q"}),
+        (["grpo.dataset.columns={prompt: q, answer: final}"], {"answer": "final", "prompt": "q"}),
+    ],
+)
+def test_column_mapping_overrides(overrides: list[str], columns: dict[str, str]) -> None:
+    assert load_config(ROOT / "configs/tiny.yaml", overrides).grpo.dataset.columns == columns
+
+
+def test_column_mapping_without_space_says_how() -> None:
+    with pytest.raises(ConfigError) as e:
+        load_config(ROOT / "configs/tiny.yaml", ["grpo.dataset.columns={prompt:question}"])
+    assert str(e.value) == (
+        "config key 'grpo.dataset.columns': 'prompt:question' needs a space after the colon ({prompt: question}); "
+        "on the command line set one entry at a time: grpo.dataset.columns.prompt=question."
+    )
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_column_mapping_through_make_set() -> None:
+    """The documented form goes through the Makefile's SET splitting and the CLI's parser intact."""
+    from trainer.cli import parse_args
+
+    sets = "grpo.dataset.columns.prompt=question grpo.dataset.columns.answer=final eval.limit=3"
+    res = subprocess.run(
+        ["make", "-n", "-s", "demo", f"SET={sets}", "VENV=/nonexistent-venv"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    [line] = [ln for ln in res.stdout.splitlines() if " -m trainer demo " in ln]
+    args = parse_args(shlex.split(line)[3:])  # after "/nonexistent-venv/bin/python -m trainer"
+    cfg = load_config(ROOT / args.config, args.overrides)
+    assert cfg.grpo.dataset.columns == {"answer": "final", "prompt": "question"} and cfg.eval.limit == 3

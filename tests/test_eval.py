@@ -15,7 +15,7 @@ from trainer.config import EvalDatasetConfig, load_config
 from trainer.data import eval_problems
 from trainer.evaluate import is_correct, metrics
 from trainer.generation import Completion
-from trainer.report import completion_rows, markdown_report, plot_rewards, reward_series, smooth
+from trainer.report import completion_rows, log_line, markdown_report, plot_rewards, reward_series, smooth
 
 DONE = "{work}<end_working_out><SOLUTION>{answer}</SOLUTION>"
 
@@ -82,13 +82,15 @@ def test_report_compares_grpo_with_sft() -> None:
 # Datasets: the recipes' local copies and the hub ids of the defaults
 
 
-def test_local_eval_datasets_of_the_tiny_recipe() -> None:
-    cfg = load_config("configs/tiny.yaml")
-    by_name = {d.name: d for d in cfg.eval.datasets}
-    gsm8k = eval_problems(by_name["gsm8k"], limit=3)
+# The local GSM8K / MATH-500 entries of the reference recipe (the tiny one evaluates its held-out sums only).
+REFERENCE_EVAL = {d.name: d for d in load_config("configs/qwen3-4b.yaml").eval.datasets}
+
+
+def test_local_eval_datasets_of_the_reference_recipe() -> None:
+    gsm8k = eval_problems(REFERENCE_EVAL["gsm8k"], limit=3)
     assert len(gsm8k) == 3 and gsm8k[0]["answer"] == "18"  # the text after '####'
-    math500 = eval_problems(by_name["math500"], limit=None)
-    assert len(math500) == 8 and math500[0]["question"].startswith("Convert the point $(0,3)$")
+    math500 = eval_problems(REFERENCE_EVAL["math500"], limit=None)
+    assert len(math500) == 500 and math500[0]["question"].startswith("Convert the point $(0,3)$")
 
 
 HUB_FILES = {  # hub id -> the local copy of the same split, which has the hub's columns
@@ -154,6 +156,14 @@ def test_generate_keeps_input_order(tiny_model_dir: Path) -> None:
 def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["eval", "--config", "configs/tiny.yaml", "--limit", "3"]
     args += ["--set", f"model.name={tiny_model_dir}", "--set", "eval.max_new_tokens=8", "--set", "eval.num_samples=2"]
+    datasets = ", ".join(
+        ["{name: heldout, path: src/trainer/sample_data/heldout.jsonl}"]
+        + [
+            f"{{name: {d.name}, path: {d.path}, answer_format: {d.answer_format}, columns: {d.columns}}}"
+            for d in REFERENCE_EVAL.values()
+        ]
+    )
+    args += ["--set", f"eval.datasets=[{datasets}]"]
     assert main(args) == 0
     out = capsys.readouterr().out
     report = json.loads((volume / "tiny/eval/report.json").read_text())
@@ -218,6 +228,42 @@ def test_reward_series_and_plot(tmp_path: Path) -> None:
     assert png is not None and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20_000
     assert plot_rewards([{"step": 1, "loss": 0.1}], tmp_path / "none.png") is None
     assert not (tmp_path / "none.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("logs", "line"),
+    [
+        (  # SFT: what transformers logs, less the epoch and token counts
+            {
+                "loss": 7.417,
+                "grad_norm": 1.014,
+                "learning_rate": 0.004826,
+                "mean_token_accuracy": 0.0557,
+                "epoch": 0.33,
+            },
+            "step 10/120  loss 7.417  token accuracy 0.056  grad norm 1.01  lr 4.83e-03",
+        ),
+        (  # GRPO: the total reward with each reward's mean after it
+            {
+                "loss": 0.0,
+                "reward": 0.5,
+                "rewards/format/mean": 3.0,
+                "rewards/format/std": 0.0,
+                "rewards/check_answer/mean": -2.5,
+                "accuracy": 0.125,
+                "completions/mean_length": 19.25,
+                "completions/clipped_ratio": 0.0,
+                "num_tokens": 506.0,
+                "step_time": 0.2184,
+            },
+            "step 10/120  loss 0  reward 0.5 (format 3, check_answer -2.5)  accuracy 0.12  length 19.2  truncated 0.00"
+            "  step 0.22 s",
+        ),
+        ({"train_runtime": 24.08, "train_loss": 1.39}, "done: 10 steps in 24.1 s"),
+    ],
+)
+def test_log_line(logs: dict, line: str) -> None:
+    assert log_line(logs, 10, 120) == line
 
 
 def test_completion_rows() -> None:

@@ -100,9 +100,7 @@ def test_unsloth_pipeline_and_plain_reload(
 
     stage("eval", unsloth_overrides, logs)
     report = json.loads((volume / "tiny/eval/report.json").read_text())
-    assert {(r["dataset"], r["model"]) for r in report["results"]} == {
-        (d, m) for d in ("heldout", "gsm8k", "math500") for m in ("base", "sft", "grpo")
-    }
+    assert {(r["dataset"], r["model"]) for r in report["results"]} == {("heldout", m) for m in ("base", "sft", "grpo")}
     assert all(r["mean_completion_tokens"] > 0 for r in report["results"])
 
     out = stage("infer", unsloth_overrides, logs, "--prompt", "What is 12*7?")

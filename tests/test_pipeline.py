@@ -41,15 +41,13 @@ def test_sft_grpo_eval_infer_export(volume: Path, tiny_overrides: list[str], mon
     capsys.readouterr()
     assert run("eval", tiny_overrides) == 0
     report = json.loads((volume / "tiny/eval/report.json").read_text())
-    assert {(r["dataset"], r["model"]) for r in report["results"]} == {
-        (d, m) for d in ("heldout", "gsm8k", "math500") for m in ("base", "sft", "grpo")
-    }
+    assert {(r["dataset"], r["model"]) for r in report["results"]} == {("heldout", m) for m in ("base", "sft", "grpo")}
     assert all(r["n"] == 4 and 0 <= r["pass@1_greedy"] <= 1 for r in report["results"])
     assert "| heldout | grpo | 4 |" in capsys.readouterr().out
 
     assert run("infer", tiny_overrides, "--prompt", "What is 12*7?") == 0
     out = capsys.readouterr().out
-    assert out.startswith("<start_working_out>") and "\nanswer: " in out
+    assert out.startswith("question: What is 12*7?\n\n<start_working_out>") and "\nanswer: " in out
 
     assert run("export", tiny_overrides) == 0
     assert (volume / "tiny/export/merged/config.json").is_file()

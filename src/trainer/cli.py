@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from pathlib import Path
 
 from trainer.config import RunConfig, load_config
 from trainer.distributed import log_level
@@ -55,8 +56,29 @@ def run_stage(stage: str, cfg: RunConfig) -> object:
         return importlib.import_module(f"trainer.{module}").main(cfg)
 
 
-def demo(cfg: RunConfig) -> None:
-    """The whole pipeline on one config, then where everything went, and the evaluation table."""
+# Printed after the demo's table on the embedded tiny model, where the numbers need reading.
+TINY_NOTE = """\
+What these numbers mean: the demo model is a tiny random Qwen3 (4 layers, hidden 128) trained for a
+minute or two on one-digit sums (src/trainer/sample_data/). SFT teaches it the answer format: compare the
+format column of base and SFT. It is far too small to learn the arithmetic itself, so pass@1 stays at
+a few percent, and a GRPO-vs-SFT change of a few points is noise (see the ± column). The demo shows
+that every stage runs and writes what it should (the answer above is most likely wrong too); it says
+nothing about what a real model learns.
+  GRPO learning, on a task the tiny model can learn: docs/learning.md, tests/test_learning.py
+  GSM8K / MATH-500 need a real model: README.md, "On a GPU" (configs/qwen3-4b.yaml)"""
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it (shorter to read and to copy)."""
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def demo(cfg: RunConfig, config_path: str) -> None:
+    """The whole pipeline on one config, then where everything went, and the evaluation table.
+    `config_path`: the recipe file, for the commands printed at the end."""
     from trainer import distributed
     from trainer.report import markdown_report
     from trainer.volume import stage_dir
@@ -66,15 +88,21 @@ def demo(cfg: RunConfig) -> None:
     grpo = run_stage("grpo", cfg)
     report = run_stage("eval", cfg)
     run_stage("infer", cfg)
+    run_dir = stage_dir(cfg, "grpo").parent
+    tensorboard = Path(sys.executable).parent / "tensorboard"  # in the venv, which need not be on PATH
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
-    print(f"  SFT adapter:  {sft}")
-    print(f"  GRPO adapter: {grpo}")
-    print(f"  reward plot:  {stage_dir(cfg, 'grpo') / 'rewards.png'}")
-    print(f"  rollouts:     {stage_dir(cfg, 'grpo') / 'completions.jsonl'}")
-    print(f"  eval report:  {stage_dir(cfg, 'eval') / 'report.md'}")
-    print(f"  TensorBoard:  tensorboard --logdir {stage_dir(cfg, 'grpo').parent}")
+    print(f"  SFT adapter:  {_shown(sft)}")
+    print(f"  GRPO adapter: {_shown(grpo)}")
+    print(f"  reward plot:  {_shown(run_dir / 'grpo' / 'rewards.png')}")
+    print(f"  rollouts:     {_shown(run_dir / 'grpo' / 'completions.jsonl')}")
+    print(f"  eval report:  {_shown(run_dir / 'eval' / 'report.md')}")
+    print(f"  TensorBoard:  {_shown(tensorboard)} --logdir {_shown(run_dir)}   (then open http://localhost:6006)")
+    config = "" if config_path == "configs/tiny.yaml" else f" CONFIG={config_path}"
+    print(f'  ask it:       RUNNER=local{config} make infer PROMPT="{cfg.infer.prompt}"')
     if distributed.is_main_process():  # the table last, where the eye lands
         print(f"\nevaluation (base / SFT / GRPO):\n{markdown_report(report)}")
+        if cfg.model.init == "tiny":
+            print(f"\n{TINY_NOTE}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,7 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
             activate()  # before any stage imports transformers / TRL / PEFT: Unsloth patches them
         if args.stage == "demo":
-            demo(cfg)
+            demo(cfg, args.config)
         else:
             run_stage(args.stage, cfg)
     except UserError as e:

@@ -223,7 +223,9 @@ class GRPOConfig:
         "docs/benchmarks.md); 'trl': TRL's call of the model's generate. Backend unsloth uses its own.",
     )
     log_completions: bool = _f(
-        True, "Print TRL's table of sample completions at each log step (and send it to W&B / trackio)."
+        False,
+        "Print TRL's table of sample completions at each log step (and send it to W&B / trackio). Off by "
+        "default: the tables swamp the log; the same rollouts go to grpo/completions.jsonl (log_completions_steps).",
     )
     log_completions_steps: int = _f(
         10,
@@ -391,6 +393,13 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"config key '{key}' must be a mapping, got {value!r}.")
         _, varg = typing.get_args(tp)
+        squeezed = [str(k) for k, v in value.items() if v is None and ":" in str(k)]
+        if squeezed:  # YAML reads {prompt:question} (no space after the colon) as one key with no value
+            name, _, column = squeezed[0].partition(":")
+            raise ConfigError(
+                f"config key '{key}': '{squeezed[0]}' needs a space after the colon ({{{name}: {column}}}); "
+                f"on the command line set one entry at a time: {key}.{name}={column}."
+            )
         return {str(k): _coerce(v, varg, f"{key}.{k}") for k, v in value.items()}
     if tp is type(None):
         if value is None:

@@ -170,7 +170,15 @@ def main(cfg: RunConfig) -> dict[str, Any]:
                 {"dataset": ds_name, "model": name, **metrics(greedy, sampled, answers, tokenizer.eos_token)}
             )
             samples += sample_records(ds_name, name, rows, greedy)
-            log.info("%s", results[-1])
+            r = results[-1]
+            log.info(
+                "%s / %s: pass@1 greedy %.1f%%, format %.1f%% (n = %d)",
+                r["dataset"],
+                r["model"],
+                100 * r["pass@1_greedy"],
+                100 * r["format_adherence"],
+                r["n"],
+            )
     report = {
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "settings": settings(e, cfg.seed, cfg.grpo.min_p),

@@ -43,6 +43,7 @@ def main(cfg: RunConfig) -> str:
         desc="generating",
     )
     text = REASONING_START + completion.text
+    print(f"question: {i.prompt}\n")
     print(text)
     print(f"\nanswer: {extract_solution(completion.text)}")
     return text

@@ -128,6 +128,44 @@ def plot_rewards(log_history: list[dict[str, Any]], dest: Path, title: str = "GR
 
 
 # ---------------------------------------------------------------------------------------------
+# One line per logging step
+
+# (key in the Trainer's logs, label, format), in the order shown; keys a stage does not log are left out.
+_LINE_FIELDS = [
+    ("loss", "loss", "{:.4g}"),
+    ("mean_token_accuracy", "token accuracy", "{:.3f}"),
+    ("reward", "reward", "{:.3g}"),
+    ("accuracy", "accuracy", "{:.2f}"),
+    ("completions/mean_length", "length", "{:.1f}"),
+    ("completions/clipped_ratio", "truncated", "{:.2f}"),
+    ("kl", "kl", "{:.3g}"),
+    ("grad_norm", "grad norm", "{:.3g}"),
+    ("learning_rate", "lr", "{:.2e}"),
+    ("step_time", "step", "{:.2f} s"),
+]
+
+
+def log_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
+    """The Trainer's logs of one step as one line, e.g. `step 5/20  reward 0.5 (format 3, ...)  lr 5.00e-04`.
+
+    GRPO's per-reward means come in brackets after the total; the end-of-training summary becomes
+    `done: N steps in T s`. Everything the Trainer logs still goes to TensorBoard / trackers."""
+    if "train_runtime" in logs:
+        return f"done: {step} steps in {logs['train_runtime']:.1f} s"
+    parts = [f"step {step}/{max_steps}"]
+    rewards = {k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and k.endswith("/mean")}
+    for key, label, fmt in _LINE_FIELDS:
+        value = logs.get(key)
+        if not isinstance(value, (int, float)):
+            continue
+        text = f"{label} {fmt.format(value)}"
+        if key == "reward" and rewards:
+            text += " (" + ", ".join(f"{name} {v:.3g}" for name, v in rewards.items()) + ")"
+        parts.append(text)
+    return "  ".join(parts)
+
+
+# ---------------------------------------------------------------------------------------------
 # Sample completions during GRPO
 
 

@@ -430,11 +430,20 @@ def _numeric_value(expr: Any) -> complex | None:
 _warmed_up = False
 
 
+def _no_timeout_warning(record: logging.LogRecord) -> bool:
+    """Drop math-verify's "Timeout is disabled" warning: _symbolic_equal turns its timeouts off on
+    purpose (ours are _with_deadline), and the warning came once per process and stage, telling the
+    user to do what is already done. Its other messages pass."""
+    return not record.getMessage().startswith("Timeout is disabled")
+
+
 def _warm_up() -> None:
     """Build math-verify's parsers once outside any deadline (the first parse is slow, not hostile)."""
     global _warmed_up
     if not _warmed_up:
         _warmed_up = True
+        for name in ("math_verify.parser", "math_verify.grader"):
+            logging.getLogger(name).addFilter(_no_timeout_warning)
         _symbolic_equal("$\\frac{x}{2}+\\sqrt{3}$", "$(3,4] \\cup \\{1\\}$")
 
 

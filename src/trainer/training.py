@@ -114,6 +114,8 @@ def _setting(key: str, value: Any) -> Any:
 
 def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
     """Trainer arguments both stages take from the recipe in the same way."""
+    import torch
+
     dtype = str(models.torch_dtype(cfg.model))
     out = stage_dir(cfg, stage)
     # transformers 5 dropped `logging_dir`; its TensorBoard callback reads this variable instead.
@@ -141,6 +143,8 @@ def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
         # The model already carries checkpointing set up for LoRA (training_model).
         gradient_checkpointing=False,
         save_only_model=False,
+        # Pinned memory only speeds host-to-GPU copies; on a CPU run torch warns at every epoch instead.
+        dataloader_pin_memory=torch.cuda.is_available(),
         # DDP: every LoRA weight takes part in each forward pass, so skip the search for unused ones
         # (transformers turns it on for a PeftModel, costing a graph traversal per step).
         ddp_find_unused_parameters=False,
@@ -167,6 +171,7 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
     settings = resilience.resume_settings(to_dict(cfg), stage)
     for callback in (stop, resilience.CheckpointManifest(keep, settings), resilience.NonFiniteGuard(stage)):
         trainer.add_callback(callback)
+    compact_progress(trainer)
     resume = last_checkpoint(trainer.args)
     if distributed.is_main_process():
         resilience.remove_newer(out, Path(resume) if resume else None)
@@ -181,6 +186,22 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
                 callback.training_bar.close()
                 callback.training_bar = None
     stop.raise_if_stopped(trainer.state, out, stage)
+
+
+def compact_progress(trainer: Any) -> None:
+    """Keep transformers' progress bar, but print each logging step as one line (report.log_line)
+    instead of the dict of every metric (40 keys a step in GRPO): the full set is in TensorBoard."""
+    from transformers.trainer_callback import ProgressCallback
+
+    from trainer.report import log_line
+
+    class CompactProgress(ProgressCallback):
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
+            if state.is_world_process_zero and self.training_bar is not None and logs:
+                self.training_bar.write(log_line(logs, state.global_step, state.max_steps))
+
+    if trainer.pop_callback(ProgressCallback) is not None:  # absent when the bar is off (disable_tqdm)
+        trainer.add_callback(CompactProgress)
 
 
 def full_state_dict(trainer: Any) -> dict[str, Any] | None:
