@@ -41,6 +41,12 @@ class ModelConfig:
         "(the embedded default); 'pretrained': load `name` as it is.",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
+    gguf_file: str | None = _f(
+        None,
+        "A GGUF file to load instead of HF weights: its name inside the folder `name` (or an absolute "
+        "path). Loaded by transformers, every weight dequantized to `dtype`; backend hf only (convert it "
+        "for unsloth: scripts/fetch_gguf_model.py --gguf FILE --out DIR, then model.name=DIR).",
+    )
     max_seq_length: int = _f(2048, "Longest sequence (prompt + completion) any stage handles.")
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f(
         "auto", "Weights dtype: 'auto' is bfloat16 on a GPU that supports it, else float32."
@@ -286,6 +292,20 @@ class RunConfig:
             raise ConfigError("grpo.log_completions_steps must be 0 (off) or a number of steps.")
         if self.model.load_in_4bit and self.backend != "unsloth":
             raise ConfigError("model.load_in_4bit needs backend: unsloth.")
+        if self.model.gguf_file is not None:
+            self._check_gguf()
+
+    def _check_gguf(self) -> None:
+        convert = (
+            "convert the GGUF to an HF folder first (python scripts/fetch_gguf_model.py --gguf FILE --out DIR) "
+            "and set model.name=DIR without model.gguf_file"
+        )
+        if self.backend == "unsloth":
+            raise ConfigError(f"backend unsloth cannot load a GGUF (model.gguf_file); {convert}.")
+        if self.grpo.use_vllm:
+            raise ConfigError(f"grpo.use_vllm loads HF weights, not a GGUF (model.gguf_file); {convert}.")
+        if self.model.init == "tiny":
+            raise ConfigError("model.gguf_file needs model.init: pretrained (init tiny builds its own model).")
 
 
 # ---------------------------------------------------------------------------------------------
