@@ -99,3 +99,18 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         load_config(write(tmp_path, "a: 1\n b: [\n"))
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["backend=unsloth"], r"backend unsloth cannot load a GGUF \(model.gguf_file\); convert the GGUF"),
+        (["grpo.use_vllm=true"], r"grpo.use_vllm loads HF weights, not a GGUF"),
+        (["model.init=tiny"], r"model.gguf_file needs model.init: pretrained"),
+        (["sft.dataset.rows=0-1500"], r"dataset rows '0-1500' is not a slice 'start:stop'"),
+        (["grpo.dataset.rows=a:b"], r"dataset rows 'a:b' is not a slice"),
+    ],
+)
+def test_gguf_and_row_slice_invariants(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.name=/models/q", "model.gguf_file=q.gguf", *overrides])
