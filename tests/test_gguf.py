@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tiny_gguf import write_tiny_gguf
 from trainer import gguf_model, models
 from trainer.cli import main
-from trainer.config import load_config
+from trainer.config import load_config, row_slice
 from trainer.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -161,3 +161,54 @@ def test_fetch_script_offline_from_an_existing_gguf(tiny_gguf, tmp_path: Path, m
     assert fetch.main(["--gguf", str(copy), "--out", str(tmp_path / "hf2")]) == 2
     err = capsys.readouterr().err
     assert "copied.gguf' has sha256" in err and "expected" in err and not (tmp_path / "hf2").exists()
+
+
+RECIPE = "configs/qwen2.5-0.5b-gsm8k.yaml"
+
+
+@pytest.mark.slow
+def test_gsm8k_recipe_end_to_end_on_a_tiny_gguf(tiny_gguf, volume: Path, capsys) -> None:
+    """configs/qwen2.5-0.5b-gsm8k.yaml as it is, with the tiny GGUF for the model and a few steps."""
+    folder, _ = tiny_gguf
+    overrides = [
+        f"model.name={folder}",
+        "model.gguf_file=tiny.gguf",
+        "model.dtype=float32",
+        "report_to=[]",
+        "sft.max_steps=2",
+        "sft.per_device_train_batch_size=2",
+        "grpo.max_steps=2",
+        "grpo.save_steps=1",
+        "grpo.num_generations=4",
+        "grpo.per_device_train_batch_size=4",
+        "grpo.gradient_accumulation_steps=1",
+        "grpo.max_completion_length=8",
+        "eval.limit=2",
+        "eval.max_new_tokens=8",
+        "eval.batch_size=4",
+        "infer.max_new_tokens=8",
+    ]
+    args = [a for o in overrides for a in ("--set", o)]
+    for stage in ("sft", "grpo", "eval", "infer", "export"):
+        assert main([stage, "--config", RECIPE, *args]) == 0, stage
+    run = volume / "qwen2.5-0.5b-gsm8k"
+    tokenizer = AutoTokenizer.from_pretrained(run / "sft/adapter")
+    assert tokenizer.eos_token == "<|im_end|>"  # the GGUF's EOS, saved with the adapter
+    assert (run / "grpo/adapter/adapter_model.safetensors").is_file()
+    report = (run / "eval/report.json").read_text()
+    for dataset in ("gsm8k", "math500"):
+        for model in ("base", "sft", "grpo"):
+            assert f'"dataset": "{dataset}"' in report and f'"model": "{model}"' in report
+    merged = AutoModelForCausalLM.from_pretrained(run / "export/merged")  # a GGUF-loaded base merges and saves
+    assert merged.config.tie_word_embeddings and getattr(merged.config, "quantization_config", None) is None
+
+
+def test_gsm8k_recipe_split_is_disjoint() -> None:
+    cfg = load_config(RECIPE)
+    lines = (ROOT / cfg.sft.dataset.path).read_text().splitlines()
+    sft = range(len(lines))[row_slice(cfg.sft.dataset.rows)]
+    grpo = range(len(lines))[row_slice(cfg.grpo.dataset.rows)]
+    assert (len(sft), len(grpo)) == (1500, 5973) and not set(sft) & set(grpo)
+    assert cfg.sft.dataset.path == cfg.grpo.dataset.path and cfg.grpo.prompt_length_quantile == 1.0
+    assert [d.path for d in cfg.eval.datasets] == ["data/eval/gsm8k_test.jsonl", "data/eval/math500_test.jsonl"]
+    assert all(d.limit is None for d in cfg.eval.datasets) and cfg.eval.limit is None
