@@ -1,13 +1,13 @@
 """GGUF files as base models: loaded through transformers' own GGUF loader, dequantized to the
 recipe's dtype, with the three things transformers 5.17 gets wrong for instruct GGUFs put right.
 
-- Its converted tokenizer ends turns with the vocabulary's first special token (`<|endoftext|>` for
-  Qwen2.5 and SmolLM2) instead of the file's own `tokenizer.ggml.eos_token_id` (`<|im_end|>`), so
-  a model would never stop. The file's EOS is restored.
-- llama.cpp writes a tied embedding twice (`token_embd` and `output`, often at two quantization
-  levels), and transformers loads them untied: Qwen2.5-0.5B grows from 494M to 630M parameters and
-  the two copies drift apart under training. Two copies that agree up to quantization noise are tied
-  again, keeping the finer-quantized one.
+- Its converted tokenizer ends turns with another token (`<|endoftext|>` for Qwen2.5,
+  `<|im_start|>` for SmolLM2) than the file's own `tokenizer.ggml.eos_token_id` (`<|im_end|>` for
+  both), so an instruct model would not stop where it was trained to. The file's EOS is restored.
+- llama.cpp may write a tied embedding twice (`token_embd` and `output`, at two quantization levels),
+  and transformers loads them untied: Qwen2.5-0.5B grows from 494M to 630M parameters, and a saved or
+  merged model carries both copies. Two copies that agree up to quantization noise are tied again,
+  keeping the finer-quantized one.
 - The GGUF quantizer stays attached to a dequantized model, and `save_pretrained` refuses it. It
   is removed: the model is an ordinary dense one.
 
@@ -129,7 +129,7 @@ def load_model(info: GGUFInfo, dtype: Any, device_map: Any = None) -> Any:
     if quantizer is not None:
         quantizer.remove_quantization_config(model)
     for attr in ("quantization_config", "_is_quantized"):
-        if hasattr(model.config, attr):
+        if attr in vars(model.config):
             delattr(model.config, attr)
     tie_duplicate_embedding(model, info)
     return model
@@ -171,8 +171,8 @@ LICENSE_NOTE = """\
 # {name}
 
 Converted from the GGUF file `{gguf}` (sha256 {sha256}) with `scripts/fetch_gguf_model.py`:
-every weight dequantized to {dtype}, the tokenizer's EOS set to the file's own ({eos}), a tied
-embedding stored twice in the file tied again.
+every weight dequantized to {dtype}, the tokenizer's EOS set to the file's own ({eos}), and an
+output layer the file stores as a second copy of the embedding tied to it again (where it has one).
 
 {license}
 """
@@ -181,6 +181,8 @@ embedding stored twice in the file tied again.
 def convert(gguf: Path, out: Path, dtype: Any, license_text: str = "", sha256: str = "") -> Path:
     """Write the GGUF's model as an HF folder at `out`: safetensors in `dtype`, the fixed tokenizer,
     and a README.md with where it came from and `license_text`. Returns `out`."""
+    from trainer.volume import write_atomic
+
     info = read_info(gguf)
     tokenizer = load_tokenizer(info)
     model = load_model(info, dtype)
@@ -188,19 +190,21 @@ def convert(gguf: Path, out: Path, dtype: Any, license_text: str = "", sha256: s
     if tokenizer.pad_token_id is not None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
     model.config.eos_token_id = tokenizer.eos_token_id
-    out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(out))
-    tokenizer.save_pretrained(str(out))
-    (out / "README.md").write_text(
-        LICENSE_NOTE.format(
-            name=out.name,
-            gguf=gguf.name,
-            sha256=sha256 or "not recorded",
-            dtype=str(dtype).removeprefix("torch."),
-            eos=tokenizer.eos_token,
-            license=license_text,
-        )
+    note = LICENSE_NOTE.format(
+        name=out.name,
+        gguf=gguf.name,
+        sha256=sha256 or "not recorded",
+        dtype=str(dtype).removeprefix("torch."),
+        eos=tokenizer.eos_token,
+        license=license_text,
     )
+
+    def write(tmp: Path) -> None:
+        model.save_pretrained(str(tmp))
+        tokenizer.save_pretrained(str(tmp))
+        (tmp / "README.md").write_text(note)
+
+    write_atomic(out, write)  # a stage never finds a half-written model folder
     n = sum(p.numel() for p in model.parameters())
     log.info("wrote %s: %d parameters in %s, EOS %s", out, n, dtype, tokenizer.eos_token)
     return out
