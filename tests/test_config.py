@@ -210,3 +210,18 @@ def test_column_mapping_through_make_set() -> None:
     args = parse_args(shlex.split(line)[3:])  # after "/nonexistent-venv/bin/python -m trainer"
     cfg = load_config(ROOT / args.config, args.overrides)
     assert cfg.grpo.dataset.columns == {"answer": "final", "prompt": "question"} and cfg.eval.limit == 3
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["backend=unsloth"], r"backend unsloth cannot load a GGUF \(model.gguf_file\); convert the GGUF"),
+        (["grpo.use_vllm=true"], r"grpo.use_vllm loads HF weights, not a GGUF"),
+        (["model.init=tiny"], r"model.gguf_file needs model.init: pretrained"),
+        (["sft.dataset.rows=0-1500"], r"dataset rows '0-1500' is not a slice 'start:stop'"),
+        (["grpo.dataset.rows=a:b"], r"dataset rows 'a:b' is not a slice"),
+    ],
+)
+def test_gguf_and_row_slice_invariants(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, ["model.name=/models/q", "model.gguf_file=q.gguf", *overrides])

@@ -10,9 +10,9 @@ import pytest
 from transformers import AutoTokenizer
 
 from trainer.config import DatasetConfig, EvalDatasetConfig
-from trainer.data import eval_problems, grpo_prompts, load_rows, prompt_length, sft_texts
+from trainer.data import eval_problems, grpo_prompts, load_rows, prompt_length, sft_texts, split_gsm8k
 from trainer.errors import DataError
-from trainer.format import apply_format
+from trainer.format import apply_format, render_solution
 
 SAMPLE = "src/trainer/sample_data"
 
@@ -185,3 +185,43 @@ def test_sft_row_with_an_empty_problem_names_its_row_in_parquet(tmp_path: Path, 
     )
     with pytest.raises(DataError, match=rf"{f}: row 2: no value \(null or empty\) in column 'problem'"):
         sft_texts(DatasetConfig(path=str(f)), tok, max_seq_length=512)
+
+
+@pytest.mark.parametrize(
+    ("solution", "working", "final"),
+    [
+        (  # GSM8K train row 1: annotations go, the arithmetic they annotate stays
+            "Natalia sold 48/2 = <<48/2=24>>24 clips in May.\nNatalia sold 48+24 = <<48+24=72>>72 clips.\n#### 72",
+            "Natalia sold 48/2 = 24 clips in May.\nNatalia sold 48+24 = 72 clips.",
+            "72",
+        ),
+        ("Weng earns 12/60 = $<<12/60=0.2>>0.2 per minute.\n#### 10", "Weng earns 12/60 = $0.2 per minute.", "10"),
+        ("Total 1,000+1,125 = <<1000+1125=2125>>2,125\n####  2,125 ", "Total 1,000+1,125 = 2,125", "2,125"),
+        ("She is down 3 - 13 = <<3-13=-10>>-10.\n#### -10", "She is down 3 - 13 = -10.", "-10"),
+        ("a << b is not an annotation >>\n#### 1", "a << b is not an annotation >>", "1"),
+        ("#### 5 then #### 6", "#### 5 then", "6"),  # the last '####' ends the working
+    ],
+)
+def test_split_gsm8k(solution: str, working: str, final: str) -> None:
+    assert split_gsm8k(solution) == (working, final)
+
+
+def test_split_gsm8k_without_hashes_names_the_source() -> None:
+    with pytest.raises(DataError, match=r"data/x.jsonl: answer without '####' in 'The answer is 4.'"):
+        split_gsm8k("The answer is 4.", "data/x.jsonl")
+
+
+GSM8K_TRAIN = "data/train/gsm8k_train.jsonl"
+
+
+def test_gsm8k_sft_and_grpo_rows_are_disjoint_slices(tok) -> None:
+    sft = sft_texts(DatasetConfig(path=GSM8K_TRAIN, answer_format="gsm8k", rows="0:3"), tok, max_seq_length=4096)
+    first = json.loads(Path(GSM8K_TRAIN).read_text().splitlines()[0])
+    assert len(sft) == 3 and first["question"] in sft[0]
+    assert render_solution(*split_gsm8k(first["answer"])) in sft[0] and "<<" not in sft[0]
+    grpo, _ = grpo_prompts(DatasetConfig(path=GSM8K_TRAIN, answer_format="gsm8k", rows="7470:"), tok, quantile=1.0)
+    lines = Path(GSM8K_TRAIN).read_text().splitlines()
+    assert [r["prompt"][1]["content"] for r in grpo] == [json.loads(x)["question"] for x in lines[7470:]]
+    assert [r["answer"] for r in grpo] == [json.loads(x)["answer"].rsplit("####", 1)[1].strip() for x in lines[7470:]]
+    with pytest.raises(DataError, match=r"no rows left after the filter 'rows 8000:'"):
+        grpo_prompts(DatasetConfig(path=GSM8K_TRAIN, answer_format="gsm8k", rows="8000:"), tok, quantile=1.0)

@@ -73,6 +73,12 @@ class ModelConfig:
         "(the embedded default); 'pretrained': load `name` as it is.",
     )
     revision: str | None = _f(None, "Hub revision (branch, tag or commit) of the base model.")
+    gguf_file: str | None = _f(
+        None,
+        "A GGUF file to load instead of HF weights: its name inside the folder `name` (or an absolute "
+        "path). Loaded by transformers, every weight dequantized to `dtype`; backend hf only (convert it "
+        "for unsloth: scripts/fetch_gguf_model.py --gguf FILE --out DIR, then model.name=DIR).",
+    )
     max_seq_length: int = _f(2048, "Longest sequence (prompt + completion) any stage handles.", ge=1)
     dtype: Literal["auto", "bfloat16", "float16", "float32"] = _f(
         "auto", "Weights dtype: 'auto' is bfloat16 on a GPU that supports it, else float32."
@@ -104,12 +110,38 @@ class DatasetConfig:
     columns: dict[str, str] = _f(
         {}, "Mapping from this stage's column names to the dataset's (e.g. {answer: solution})."
     )
+    rows: str | None = _f(
+        None,
+        "A slice 'start:stop' of the dataset's rows, taken first (before filters and limit), e.g. '0:1500' "
+        "for one stage and '1500:' for the other: two stages that never see the same row.",
+    )
+    answer_format: Literal["plain", "gsm8k"] = _f(
+        "plain",
+        "'gsm8k': rows are GSM8K's {question, answer}, the answer a worked solution ending in "
+        "'#### <answer>': the question is the problem (SFT) or prompt (GRPO), the text after '####' the "
+        "answer, and the working before it, calculator annotations <<...>> removed, the SFT solution.",
+    )
     limit: int | None = _f(None, "Use at most this many rows (after filters).", ge=1)
     on_bad_row: Literal["error", "skip"] = _f(
         "error",
         "A malformed row in a local file, or a row with an empty value: 'error' stops with file:line, "
         "'skip' logs and skips it.",
     )
+
+    def __post_init__(self) -> None:
+        if self.rows is not None:
+            row_slice(self.rows)  # a bad slice stops here, before any data loads
+
+
+def row_slice(text: str) -> slice:
+    """'start:stop' (either may be empty) -> slice; ConfigError for anything else."""
+    start, sep, stop = text.partition(":")
+    try:
+        if not sep or ":" in stop:
+            raise ValueError
+        return slice(int(start) if start.strip() else None, int(stop) if stop.strip() else None)
+    except ValueError:
+        raise ConfigError(f"dataset rows '{text}' is not a slice 'start:stop', e.g. '0:1500' or '1500:'.") from None
 
 
 @dataclass
@@ -342,6 +374,20 @@ class RunConfig:
             )
         if self.model.load_in_4bit and self.backend != "unsloth":
             raise ConfigError("model.load_in_4bit needs backend: unsloth.")
+        if self.model.gguf_file is not None:
+            self._check_gguf()
+
+    def _check_gguf(self) -> None:
+        convert = (
+            "convert the GGUF to an HF folder first (python scripts/fetch_gguf_model.py --gguf FILE --out DIR) "
+            "and set model.name=DIR without model.gguf_file"
+        )
+        if self.backend == "unsloth":
+            raise ConfigError(f"backend unsloth cannot load a GGUF (model.gguf_file); {convert}.")
+        if self.grpo.use_vllm:
+            raise ConfigError(f"grpo.use_vllm loads HF weights, not a GGUF (model.gguf_file); {convert}.")
+        if self.model.init == "tiny":
+            raise ConfigError("model.gguf_file needs model.init: pretrained (init tiny builds its own model).")
 
 
 # ---------------------------------------------------------------------------------------------

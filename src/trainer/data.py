@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from trainer.config import DatasetConfig, EvalDatasetConfig
+from trainer.config import DatasetConfig, EvalDatasetConfig, row_slice
 from trainer.errors import DataError
 from trainer.format import prompt_messages, render_solution
 
@@ -131,14 +131,39 @@ def _is_number(text: str) -> bool:
 
 
 _THINK = re.compile(r"</?think>")
+_CALCULATOR = re.compile(r"<<[^<>]*=[^<>]*>>")  # every one of the 23,716 in GSM8K train has an =
+
+
+def split_gsm8k(solution: str, source: str = "gsm8k") -> tuple[str, str]:
+    """A GSM8K worked solution -> (working, final answer): the text before and after the last
+    '####', the calculator annotations `<<48/2=24>>` dropped from the working. DataError without '####'."""
+    if "####" not in solution:
+        raise DataError(f"{source}: answer without '####' in {solution[:60]!r}; is this GSM8K's format?")
+    working, final = solution.rsplit("####", 1)
+    return _CALCULATOR.sub("", working).strip(), final.strip()
+
+
+def _stage_rows(cfg: DatasetConfig, wanted: dict[str, str], gsm8k: dict[str, str]) -> list[dict]:
+    """The rows of `cfg` (its `rows` slice first) with the stage's column names. For answer_format
+    gsm8k, `gsm8k` says which stage column gets 'question' / 'working' / 'answer' of each row."""
+    rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
+    if cfg.rows is not None:
+        rows = _nonempty(rows[row_slice(cfg.rows)], f"rows {cfg.rows}", cfg.path)
+    if cfg.answer_format == "plain":
+        return select_columns(rows, wanted, cfg.columns, cfg.path, cfg.on_bad_row)
+    out = []
+    for r in select_columns(rows, EVAL_COLUMNS, cfg.columns, cfg.path, cfg.on_bad_row):
+        working, final = split_gsm8k(r["answer"], cfg.path)
+        parts = {"question": r["question"], "working": working, "answer": final}
+        out.append({ours: parts[theirs] for theirs, ours in gsm8k.items()})
+    return out
 
 
 def sft_texts(cfg: DatasetConfig, tokenizer: Any, max_seq_length: int) -> list[str]:
     """SFT rows rendered in the reasoning format, with the recipe's filters:
     numeric answers only, `<think>` tags stripped, at most max_seq_length/2 tokens."""
     source = cfg.path
-    rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
-    rows = select_columns(rows, SFT_COLUMNS, cfg.columns, source, cfg.on_bad_row)
+    rows = _stage_rows(cfg, SFT_COLUMNS, {"question": "problem", "working": "solution", "answer": "answer"})
     rows = _nonempty([r for r in rows if _is_number(r["answer"])], "numeric answer", source)
     texts = []
     for r in rows:
@@ -172,8 +197,7 @@ def grpo_prompts(
 
     Returns the rows and the cut: the longest prompt length kept, in tokens."""
     source = cfg.path
-    rows = load_rows(cfg.path, name=cfg.name, split=cfg.split, on_bad_row=cfg.on_bad_row)
-    rows = select_columns(rows, GRPO_COLUMNS, cfg.columns, source, cfg.on_bad_row)
+    rows = _stage_rows(cfg, GRPO_COLUMNS, {"question": "prompt", "answer": "answer"})
     items = [{"prompt": prompt_messages(r["prompt"]), "answer": r["answer"].strip()} for r in rows]
     lengths = [prompt_length(tokenizer, it["prompt"]) for it in items]
     cut = sorted(lengths)[max(0, math.ceil(quantile * len(lengths)) - 1)]
@@ -203,8 +227,6 @@ def eval_problems(cfg: EvalDatasetConfig, limit: int | None) -> list[dict[str, s
     rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source, cfg.on_bad_row)
     if cfg.answer_format == "gsm8k":
         for r in rows:
-            if "####" not in r["answer"]:
-                raise DataError(f"{source}: answer without '####' in row {r['question'][:60]!r}.")
-            r["answer"] = r["answer"].rsplit("####", 1)[1].strip()
+            r["answer"] = split_gsm8k(r["answer"], source)[1]
     n = limit or cfg.limit
     return rows[:n] if n else rows

@@ -39,6 +39,12 @@ def load_tokenizer(cfg: RunConfig, source: str | None = None) -> Any:
     """The tokenizer with the reasoning format applied. `source` loads a saved adapter's copy."""
     from transformers import AutoTokenizer
 
+    if source is None and cfg.model.gguf_file is not None:
+        from trainer import gguf_model
+
+        tok = gguf_model.load_tokenizer(gguf_model.read_info(gguf_model.gguf_path(cfg.model.name, cfg.model.gguf_file)))
+        apply_format(tok, add_tokens=cfg.model.add_format_tokens)
+        return tok
     name = source or resolve_model_path(cfg.model, cfg.seed)
     try:
         tok = AutoTokenizer.from_pretrained(
@@ -54,6 +60,11 @@ def load_base_model(cfg: RunConfig, tokenizer: Any) -> Any:
     from transformers import AutoModelForCausalLM
 
     name = resolve_model_path(cfg.model, cfg.seed)
+    if cfg.model.gguf_file is not None:
+        from trainer import gguf_model
+
+        info = gguf_model.read_info(gguf_model.gguf_path(name, cfg.model.gguf_file))
+        return _fit_to_tokenizer(gguf_model.load_model(info, torch_dtype(cfg.model), device_map()), tokenizer)
     try:
         model = AutoModelForCausalLM.from_pretrained(
             name,
@@ -64,6 +75,11 @@ def load_base_model(cfg: RunConfig, tokenizer: Any) -> Any:
         )
     except OSError as e:
         raise UserError(f"could not load the model '{name}': {e}") from None
+    return _fit_to_tokenizer(model, tokenizer)
+
+
+def _fit_to_tokenizer(model: Any, tokenizer: Any) -> Any:
+    """Room in the embedding for every token, and the tokenizer's pad / EOS for generation."""
     if len(tokenizer) > model.get_input_embeddings().num_embeddings:
         model.resize_token_embeddings(len(tokenizer))
     model.generation_config.pad_token_id = tokenizer.pad_token_id
