@@ -153,6 +153,28 @@ def test_generate_keeps_input_order(tiny_model_dir: Path) -> None:
             assert 1 <= comp.num_tokens <= 6 and (comp.num_tokens == 6 or not comp.truncated)
 
 
+def test_fast_engine_generation_equals_generate(tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval.engine 'fast' (the rollout engine; on CPU here by pretending the model is on a GPU): greedy
+    completions identical to transformers' generate, in the caller's order, EOS and truncation alike;
+    sampled ones come back num_samples per problem."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer import generation
+    from trainer.format import apply_format, prompt_messages
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    apply_format(tok)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    convs = [prompt_messages(q) for q in ["What is 1 + 1?", "Compute 3 * 4 and then add 5.", "Calculate 9 - 2."]]
+    want = generation.generate(model, tok, convs, max_new_tokens=24, batch_size=2)
+    monkeypatch.setattr(generation, "_on_gpu", lambda model: True)
+    assert generation._fast_engine(model, tok, "fast", False, 0.0, 0) is not None
+    got = generation.generate(model, tok, convs, max_new_tokens=24, batch_size=2, engine="fast")
+    assert got == want
+    sampled = generation.generate(model, tok, convs, max_new_tokens=8, temperature=1.0, num_samples=3, engine="fast")
+    assert [len(g) for g in sampled] == [3, 3, 3] and all(1 <= c.num_tokens <= 8 for g in sampled for c in g)
+
+
 def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
     args = ["eval", "--config", "configs/tiny.yaml", "--limit", "3"]
     args += ["--set", f"model.name={tiny_model_dir}", "--set", "eval.max_new_tokens=8", "--set", "eval.num_samples=2"]

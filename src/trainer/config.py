@@ -301,6 +301,12 @@ class EvalConfig:
     temperature: float = _f(1.0, "Temperature of the sampled pass@1.", gt=0)
     top_k: int = _f(50, "Top-k of the sampled pass@1.", ge=0)
     limit: int | None = _f(None, "Evaluate at most N problems per dataset (overrides each dataset's limit).", ge=1)
+    engine: Literal["fast", "generate"] = _f(
+        "fast",
+        "'fast': on a GPU, generate with trainer.rollout (the fast GRPO rollout engine: CUDA-graph decode "
+        "steps, greedy tokens equal generate's) where it supports the model; 'generate': transformers' "
+        "generate always (also the fallback on CPU and for other models).",
+    )
 
 
 @dataclass

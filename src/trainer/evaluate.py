@@ -151,7 +151,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
         answers = [r["answer"] for r in rows]
         for name in names:
             with models.use_adapter(model, None if name == "base" else name):
-                common = dict(max_new_tokens=e.max_new_tokens, batch_size=e.batch_size)
+                common = dict(max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, engine=e.engine)
                 greedy = generate(model, tokenizer, convs, desc=f"{ds_name}/{name} greedy", **common)
                 sampled = None
                 if e.num_samples > 0:
