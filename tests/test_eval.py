@@ -276,10 +276,11 @@ def test_reward_series_and_plot(tmp_path: Path) -> None:
                 "completions/mean_length": 19.25,
                 "completions/clipped_ratio": 0.0,
                 "num_tokens": 506.0,
+                "sampling/sampling_logp_difference/mean": 0.00731,
                 "step_time": 0.2184,
             },
             "step 10/120  loss 0  reward 0.5 (format 3, check_answer -2.5)  accuracy 0.12  length 19.2  truncated 0.00"
-            "  step 0.22 s",
+            "  logp gap 0.0073  step 0.22 s",
         ),
         ({"train_runtime": 24.08, "train_loss": 1.39}, "done: 10 steps in 24.1 s"),
     ],

@@ -116,7 +116,7 @@ def settings(e: EvalConfig, seed: int, rollout_min_p: float | None = None) -> di
             f"sampled pass@1 draws with temperature {e.temperature}, top_k {e.top_k}, top_p 1, no min_p "
             f"(eval.temperature / eval.top_k), not the GRPO rollouts' settings ({rollouts}): the usual "
             "pass@1 sampling, so the same for every model compared and for published scores; every "
-            "other generation setting of the model (repetition penalty, typical_p, ...) is off."
+            "other generation setting of the model (repetition penalty, typical_p, ...) is off"
         ),
     }
 

@@ -77,7 +77,9 @@ def use_vllm(cfg: RunConfig) -> bool:
     from trainer.unsloth_backend import vllm_imports
 
     if not cfg.grpo.use_vllm:
-        log.info("GRPO rollouts: the model's generate (grpo.use_vllm is false)")
+        fast = cfg.backend == "hf" and cfg.grpo.rollout_engine == "fast"
+        how = "the fast engine (grpo.rollout_engine: fast)" if fast else "the model's generate"
+        log.info("GRPO rollouts: %s; grpo.use_vllm is false", how)
         return False
     if not vllm_imports():
         log.warning("GRPO rollouts: grpo.use_vllm is true but vllm does not import here; using the model's generate")
