@@ -186,27 +186,8 @@ def test_sampler_draws_from_the_filtered_distribution() -> None:
 
 
 def test_grpo_trainer_rolls_out_with_the_engine(tiny_model_dir: Path, tmp_path: Path) -> None:
-    import datasets
-    from trl import GRPOConfig
-
-    from trainer.fast_grpo import FastGRPOTrainer
-
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=8,
-        report_to="none",
-        use_cpu=True,
-    )
-    trainer = FastGRPOTrainer(
-        model=model,
-        reward_funcs=lambda completions, **kw: [0.0] * len(completions),
-        args=args,
-        train_dataset=datasets.Dataset.from_list([{"prompt": p} for p in PROMPTS]),
-        processing_class=tok,
-    )
+    trainer = grpo_trainer(model, tok, tmp_path, max_completion_length=8)
     assert trainer.fast_rollout_reason() is None
     ids = [tok(p)["input_ids"] for p in PROMPTS]
     completions, logps = trainer._generate_single_turn(ids, None, {})
