@@ -85,7 +85,7 @@ bench4b)
   echo "peak memory.used (nvidia-smi): $(cut -d, -f2 "$out/smi.csv" | sort -n | tail -1)"
   ;;
 fastpath)
-  timeout "${FASTPATH_TEST_S:-300}" $py -m pytest -q -ra -m gpu --durations=5 tests/test_rollout.py 2>&1 \
+  timeout "${FASTPATH_TEST_S:-300}" "$py" -m pytest -q -ra -m gpu --durations=5 tests/test_rollout.py 2>&1 \
     | tee "$out/rollout-tests.log" || true
   [ -f /tmp/q4b/adapter/adapter_config.json ] || $py benchmarks/make_qwen3_4b_random.py /tmp/q4b >"$out/build.log" 2>&1
   export CHECKPOINT_DIR=/tmp/q4b/checkpoints
@@ -95,7 +95,7 @@ fastpath)
         --set grpo.start_from=/tmp/q4b/adapter)
   for cap in ${FASTPATH_CAPS:-0 22}; do
     rm -rf "$CHECKPOINT_DIR"
-    GPU_MEMORY_CAP_GIB=$cap timeout "${FASTPATH_STEP_S:-240}" $py benchmarks/gpu_grpo_step.py \
+    GPU_MEMORY_CAP_GIB=$cap timeout "${FASTPATH_STEP_S:-240}" "$py" benchmarks/gpu_grpo_step.py \
       --config configs/qwen3-4b.yaml "${sets[@]}" >"$out/recipe-cap$cap.log" 2>&1 || echo "recipe shape, cap $cap: exit $?"
     grep -E "capped|step [0-9]+:|median|peak GPU|Error|error:" "$out/recipe-cap$cap.log" | tail -12
   done
