@@ -18,7 +18,11 @@ COMPOSE ?= docker compose
 TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
 
 VPY := $(VENV)/bin/python
-STAGE_ARGS = --config $(CONFIG) $(foreach s,$(SET),--set $(s))
+# Each SET word in single quotes: the shell must not brace-expand or glob a value like [{a: 1}].
+STAGE_ARGS = --config $(CONFIG) $(foreach s,$(SET),--set '$(s)')
+# The prompt reaches the command through the environment, unexpanded: make would read "$15" in
+# PROMPT="A pen costs $15" as its variable $1, and a shell re-quoting it would drop its quotes.
+export TRAINER_PROMPT := $(value PROMPT)
 
 # More than one process (GPUS per node x NNODES nodes): sft and grpo run under `accelerate launch`
 # with ACCELERATE_CONFIG (ddp, zero2, zero3, fsdp2 in configs/accelerate/); each node runs the same
@@ -61,7 +65,7 @@ $(VENV)/.installed: pyproject.toml
 	@touch $@
 
 demo: setup ## the whole pipeline (sft -> grpo -> eval -> infer) on the tiny model, CPU, no Docker
-	$(VPY) -m trainer demo --config configs/tiny.yaml $(foreach s,$(SET),--set $(s))
+	$(VPY) -m trainer demo --config configs/tiny.yaml $(foreach s,$(SET),--set '$(s)')
 
 test: setup ## the test suite
 	$(VPY) -m pytest -q -ra
@@ -106,9 +110,9 @@ endif
 infer: ## answer PROMPT="..." with the latest adapter
 ifeq ($(RUNNER),local)
 	$(MAKE) setup
-	$(VPY) -m trainer infer $(STAGE_ARGS) $(if $(PROMPT),--prompt "$(PROMPT)")
+	$(VPY) -m trainer infer $(STAGE_ARGS) $(if $(value PROMPT),--prompt "$$TRAINER_PROMPT")
 else
-	$(COMPOSE) run --rm infer $(STAGE_ARGS) $(if $(PROMPT),--prompt "$(PROMPT)")
+	$(COMPOSE) run --rm infer $(STAGE_ARGS) $(if $(value PROMPT),--prompt "$$TRAINER_PROMPT")
 endif
 
 # The run to watch: RUN=<run_name>, by default the recipe's (CONFIG). Locally its folder is under
@@ -165,5 +169,5 @@ $(TOOLS)/bin/pip:
 $(TOOLS)/bin/uv: $(TOOLS)/bin/pip
 	$(TOOLS)/bin/pip install -q "uv==$(UV_VERSION)"
 
-clean: ## remove .venv and local checkpoints
+clean: ## remove .venv, local checkpoints (every run) and .cache (downloaded models, benchmark results)
 	rm -rf $(VENV) checkpoints .cache

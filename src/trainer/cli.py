@@ -58,8 +58,8 @@ def run_stage(stage: str, cfg: RunConfig) -> object:
 
 # Printed after the demo's table on the embedded tiny model, where the numbers need reading.
 TINY_NOTE = """\
-What these numbers mean: the demo model is a tiny random Qwen3 (4 layers, hidden 128) trained for a
-minute or two on one-digit sums (src/trainer/sample_data/). SFT teaches it the answer format: compare the
+What these numbers mean: the demo model is a tiny random Qwen3 (4 layers, hidden 128) trained for
+seconds on one-digit sums (src/trainer/sample_data/). SFT teaches it the answer format: compare the
 format column of base and SFT. It is far too small to learn the arithmetic itself, so pass@1 stays at
 a few percent, and a GRPO-vs-SFT change of a few points is noise (see the ± column). The demo shows
 that every stage runs and writes what it should (the answer above is most likely wrong too); it says
@@ -89,15 +89,14 @@ def demo(cfg: RunConfig, config_path: str) -> None:
     report = run_stage("eval", cfg)
     run_stage("infer", cfg)
     run_dir = stage_dir(cfg, "grpo").parent
-    tensorboard = Path(sys.executable).parent / "tensorboard"  # in the venv, which need not be on PATH
     print(f"\ndemo finished in {time.time() - t0:.0f} s")
     print(f"  SFT adapter:  {_shown(sft)}")
     print(f"  GRPO adapter: {_shown(grpo)}")
     print(f"  reward plot:  {_shown(run_dir / 'grpo' / 'rewards.png')}")
     print(f"  rollouts:     {_shown(run_dir / 'grpo' / 'completions.jsonl')}")
     print(f"  eval report:  {_shown(run_dir / 'eval' / 'report.md')}")
-    print(f"  TensorBoard:  {_shown(tensorboard)} --logdir {_shown(run_dir)}   (then open http://localhost:6006)")
     config = "" if config_path == "configs/tiny.yaml" else f" CONFIG={config_path}"
+    print(f"  TensorBoard:  RUNNER=local{config} make tensorboard   (then open http://localhost:6006)")
     print(f'  ask it:       RUNNER=local{config} make infer PROMPT="{cfg.infer.prompt}"')
     if distributed.is_main_process():  # the table last, where the eye lands
         print(f"\nevaluation (base / SFT / GRPO):\n{markdown_report(report)}")

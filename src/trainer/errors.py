@@ -10,6 +10,12 @@ class UserError(Exception):
     exit_code = 2
 
 
+def override(assignment: str) -> str:
+    """How to set a recipe key from the command line, for both ways of running a stage: `--set a=b`
+    (python -m trainer) and `SET="a=b"` (make)."""
+    return f'--set {assignment} (make: SET="{assignment}")'
+
+
 class ConfigError(UserError):
     """An invalid recipe: unknown key, wrong type or broken invariant."""
 

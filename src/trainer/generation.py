@@ -11,6 +11,7 @@ from typing import Any
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
+_SAID: set[str] = set()  # the reasons for not using the fast engine, logged once each
 
 
 @dataclass
@@ -113,7 +114,9 @@ def _fast_engine(
 
     reason = "the model is not on a GPU" if not _on_gpu(model) else unsupported_reason(model)
     if reason is not None:
-        log.info("generating with transformers' generate: %s", reason)
+        if reason not in _SAID:  # once per process: eval calls this per model and dataset
+            _SAID.add(reason)
+            log.info("generating with transformers' generate: %s", reason)
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rollout = RolloutEngine(model, eos_token_ids=sorted(stop_token_ids(model, tokenizer)), pad_token_id=pad)

@@ -33,7 +33,7 @@ def start_adapter(cfg: RunConfig) -> Path:
     if path is None:
         raise UserError(
             f"grpo starts from an SFT adapter and none was found in {stage_dir(cfg, 'sft')}; "
-            "run the sft stage first (make sft) or set grpo.start_from=<adapter folder>."
+            "run the sft stage first (python -m trainer sft, or make sft) or set grpo.start_from=<adapter folder>."
         )
     return path
 

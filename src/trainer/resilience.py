@@ -38,7 +38,7 @@ from transformers import TrainerCallback
 
 from trainer import distributed
 from trainer.config import RunConfig, to_dict
-from trainer.errors import UserError
+from trainer.errors import UserError, override
 from trainer.volume import checkpoint_root, is_adapter, stage_dir
 
 log = logging.getLogger(__name__)
@@ -277,9 +277,9 @@ def check_resume(cfg: RunConfig, stage: str) -> Path | None:
         changes = "; ".join(f"{k} {saved.get(k)!r} -> {now.get(k)!r}" for k in differ[:4])
         more = f" and {len(differ) - 4} more" if len(differ) > 4 else ""
         raise UserError(
-            f"{stage}: {what} was made with other settings ({changes}{more}); --set resume=fresh starts this "
-            f"stage over (deleting its checkpoints), --set run_name=<new name> starts a separate run, "
-            f"--set resume=anyway resumes with the new settings."
+            f"{stage}: {what} was made with other settings ({changes}{more}); {override('resume=fresh')} starts "
+            f"this stage over (deleting its checkpoints), {override('run_name=<new name>')} starts a separate "
+            f"run, {override('resume=anyway')} resumes with the new settings."
         )
     max_steps = getattr(cfg, stage).max_steps
     target = max_steps if max_steps > 0 else total
@@ -287,23 +287,24 @@ def check_resume(cfg: RunConfig, stage: str) -> Path | None:
     if max(step, done) > target:
         raise UserError(
             f"{stage}.max_steps {target} is below step {max(step, done)}, which {what} already reached; set "
-            f"{stage}.max_steps={max(step, done)} or more to go on, or --set resume=fresh to start over."
+            f"{stage}.max_steps={max(step, done)} or more to go on, or {override('resume=fresh')} to start over."
         )
     if record is not None and done == target:
         log.warning(
-            "%s already finished (step %d of %d; adapter %s); nothing to do. --set resume=fresh trains it again, "
+            "%s already finished (step %d of %d; adapter %s); nothing to do. %s trains it again, "
             "a larger %s.max_steps goes on from the last checkpoint.",
             stage,
             done,
             target,
             out / "adapter",
+            override("resume=fresh"),
             stage,
         )
         return out / "adapter"
     if step == target:
         raise UserError(
             f"{stage}: {what} is at the last step ({step}) but no adapter was written from it; set a larger "
-            f"{stage}.max_steps to go on, or --set resume=fresh to start over."
+            f"{stage}.max_steps to go on, or {override('resume=fresh')} to start over."
         )
     return None
 
@@ -441,7 +442,7 @@ def run_lock(folder: Path, what: str) -> Iterator[None]:
             holder = os.read(fd, 200).decode(errors="replace").strip() or "unknown"
             raise RunLocked(
                 f"{what} is already running (process {holder}, lock {folder / LOCK}); wait for it to finish, "
-                "or start a separate run with --set run_name=<new name>."
+                f"or start a separate run with {override('run_name=<new name>')}."
             ) from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()} on {socket.gethostname()}\n".encode())
