@@ -212,6 +212,28 @@ def test_column_mapping_through_make_set() -> None:
     assert cfg.grpo.dataset.columns == {"answer": "final", "prompt": "question"} and cfg.eval.limit == 3
 
 
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_make_passes_prompt_and_set_values_as_typed(tmp_path: Path) -> None:
+    """PROMPT reaches `trainer infer` as typed (make would read "$15" as its variable $1, a shell would
+    drop the quotes), and a SET value with braces is one argument (no brace expansion)."""
+    venv = tmp_path / "venv"  # a stand-in interpreter that prints its arguments
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "python").write_text('#!/bin/sh\nfor a in "$@"; do printf \'%s\\n\' "$a"; done\n')
+    (venv / "bin" / "python").chmod(0o755)
+    (venv / ".installed").touch()  # newer than pyproject.toml: make setup has nothing to do
+    prompt = 'A pen costs $15. He said "hi", {a,b} * `x`'
+    res = subprocess.run(
+        ["make", "-s", "infer", "RUNNER=local", f"VENV={venv}", f"PROMPT={prompt}", "SET=eval.datasets=[{a,b}]"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    argv = res.stdout.splitlines()
+    assert argv[argv.index("--prompt") + 1] == prompt
+    assert argv[argv.index("--set") + 1] == "eval.datasets=[{a,b}]"
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
