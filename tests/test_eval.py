@@ -15,7 +15,7 @@ from trainer.config import EvalDatasetConfig, load_config
 from trainer.data import eval_problems
 from trainer.evaluate import is_correct, metrics
 from trainer.generation import Completion
-from trainer.report import completion_rows, log_line, markdown_report, plot_rewards, reward_series, smooth
+from trainer.report import comparisons, completion_rows, log_line, markdown_report, plot_rewards, reward_series, smooth
 
 DONE = "{work}<end_working_out><SOLUTION>{answer}</SOLUTION>"
 
@@ -76,6 +76,24 @@ def test_report_compares_grpo_with_sft() -> None:
     assert "| d | grpo | 10 | 50.0% ± 16.0 | - | 100.0% | 5.0 | 0.0% |" in text
     assert "- d: GRPO vs SFT: pass@1 greedy +30.0 points, format +0.0 (n = 10)" in text
     assert "at most 9 new tokens" in text
+
+
+def test_report_gives_the_paired_error_of_a_change() -> None:
+    """GRPO vs SFT on the same problems: the standard error of the per-problem differences, which is
+    what tells a real change from noise (here 2 of 10 problems flip to right: +20 points)."""
+    row = dict(n=10, format_adherence=1.0, mean_completion_tokens=5.0, truncation_rate=0.0, **{"pass@1_sampled": None})
+    sft, grpo = [1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0]
+    results = [
+        {"dataset": "d", "model": "sft", **row, "pass@1_greedy": 0.2, "greedy_scores": sft},
+        {"dataset": "d", "model": "grpo", **row, "pass@1_greedy": 0.4, "greedy_scores": grpo},
+    ]
+    # differences: two 1s, eight 0s; mean 0.2, sample sd sqrt(0.8 * 0.2 * 10 / 9), / sqrt(10)
+    se = math.sqrt(sum((d - 0.2) ** 2 for d in [1, 1] + [0] * 8) / 9 / 10)
+    assert comparisons(results) == [
+        f"- d: GRPO vs SFT: pass@1 greedy +20.0 ± {100 * se:.1f} points, format +0.0 (n = 10)"
+    ]
+    m = metrics([[c(done("4"))]] * 2, [[c(done("4")), c("x")]] * 2, ["4", "5"], eos=None)
+    assert m["greedy_scores"] == [1.0, 0.0] and m["sampled_scores"] == [0.5, 0.0]
 
 
 # -------------------------------------------------------------------------------------------

@@ -39,6 +39,7 @@ def is_correct(text: str, reference: str) -> bool:
 
 
 def _mean(values: list[float]) -> float:
+    """The mean of per-problem scores."""
     return sum(values) / len(values)
 
 
@@ -54,7 +55,9 @@ def metrics(
     greedy: list[list[Completion]], sampled: list[list[Completion]] | None, answers: list[str], eos: str | None
 ) -> dict[str, Any]:
     """pass@1 (greedy, and the mean over `sampled` completions), with standard errors over problems;
-    format adherence, mean completion tokens and truncation rate of the greedy completions."""
+    format adherence, mean completion tokens and truncation rate of the greedy completions. The
+    per-problem scores are kept (`greedy_scores`, `sampled_scores`, in problem order) so that two
+    models can be compared problem by problem (report.comparisons)."""
     from trainer.rewards import follows_format
 
     if not answers:
@@ -70,6 +73,7 @@ def metrics(
         "format_adherence": _mean([float(follows_format(c.text, eos)) for c in flat]),
         "mean_completion_tokens": _mean([c.num_tokens for c in flat]),
         "truncation_rate": _mean([float(c.truncated) for c in flat]),
+        "greedy_scores": correct,
     }
     if sampled:
         per_problem = [
@@ -77,6 +81,7 @@ def metrics(
         ]
         result["pass@1_sampled"] = _mean(per_problem)
         result["pass@1_sampled_stderr"] = _stderr(per_problem)
+        result["sampled_scores"] = per_problem
     return result
 
 

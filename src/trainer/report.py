@@ -264,17 +264,33 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def _change(a: dict[str, Any], b: dict[str, Any], kind: str) -> str:
+    """The change in pass@1 `kind` (greedy / sampled) from a to b in points, with the standard error of
+    the per-problem differences where both hold per-problem scores: the two models answered the same
+    problems, so this paired error is the one that says whether the change is noise (it is smaller
+    than the two rows' errors combined, which treat the rows as independent samples)."""
+    text = f"{100 * (b[f'pass@1_{kind}'] - a[f'pass@1_{kind}']):+.1f}"
+    sa, sb = a.get(f"{kind}_scores"), b.get(f"{kind}_scores")
+    if sa and sb and len(sa) == len(sb) > 1:
+        diffs = [y - x for x, y in zip(sa, sb, strict=True)]
+        mean = sum(diffs) / len(diffs)
+        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
+        text += f" ± {100 * se:.1f}"
+    return text
+
+
 def comparisons(results: list[dict[str, Any]], before: str = "sft", after: str = "grpo") -> list[str]:
-    """One line per dataset: the change in pass@1 and format adherence from `before` to `after`."""
+    """One line per dataset: the change in pass@1 and format adherence from `before` to `after`
+    (± one paired standard error where the per-problem scores are there)."""
     by = {(r["dataset"], r["model"]): r for r in results}
     lines = []
     for dataset in dict.fromkeys(r["dataset"] for r in results):
         a, b = by.get((dataset, before)), by.get((dataset, after))
         if a is None or b is None:
             continue
-        parts = [f"pass@1 greedy {100 * (b['pass@1_greedy'] - a['pass@1_greedy']):+.1f} points"]
+        parts = [f"pass@1 greedy {_change(a, b, 'greedy')} points"]
         if a.get("pass@1_sampled") is not None and b.get("pass@1_sampled") is not None:
-            parts.append(f"sampled {100 * (b['pass@1_sampled'] - a['pass@1_sampled']):+.1f}")
+            parts.append(f"sampled {_change(a, b, 'sampled')}")
         parts.append(f"format {100 * (b['format_adherence'] - a['format_adherence']):+.1f}")
         lines.append(f"- {dataset}: {after.upper()} vs {before.upper()}: " + ", ".join(parts) + f" (n = {b['n']})")
     return lines
