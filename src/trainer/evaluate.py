@@ -3,7 +3,7 @@ for the base model and this run's SFT and GRPO adapters side by side.
 
     python -m trainer eval --config configs/qwen3-4b.yaml [--limit 100]
 
-Answers are checked by `trainer.rewards` (extract_solution, answers_equivalent, follows_format):
+Answers are checked by `trainer.answers` (extract_solution, answers_equivalent, follows_format):
 the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
 Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored).
 """
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def is_correct(text: str, reference: str) -> bool:
     """Whether a completion's solution block holds an answer equivalent to `reference`."""
-    from trainer.rewards import answers_equivalent, extract_solution
+    from trainer.answers import answers_equivalent, extract_solution
 
     guess = extract_solution(text)
     return guess is not None and answers_equivalent(guess, reference)
@@ -55,7 +55,7 @@ def metrics(
 ) -> dict[str, Any]:
     """pass@1 (greedy, and the mean over `sampled` completions), with standard errors over problems;
     format adherence, mean completion tokens and truncation rate of the greedy completions."""
-    from trainer.rewards import follows_format
+    from trainer.answers import follows_format
 
     if not answers:
         raise ValueError("no problems to score")
@@ -82,7 +82,7 @@ def metrics(
 
 def sample_records(dataset: str, model: str, rows: list[dict[str, str]], greedy: list[list[Completion]]) -> list[dict]:
     """One scored record per problem (the greedy completion), for eval/samples.jsonl."""
-    from trainer.rewards import extract_solution, follows_format
+    from trainer.answers import extract_solution, follows_format
 
     return [
         {

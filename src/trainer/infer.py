@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def main(cfg: RunConfig) -> str:
-    from trainer.rewards import extract_solution
+    from trainer.answers import extract_solution
 
     i = cfg.infer
     adapters = {}
