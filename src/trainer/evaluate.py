@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer import distributed, models
+from trainer import backend, distributed, models
 from trainer.config import EvalConfig, RunConfig
 from trainer.data import eval_problems
 from trainer.errors import UserError
@@ -144,7 +144,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     if not names:
         raise UserError("nothing to evaluate: no adapters found and eval.models excludes 'base'.")
     problems = {d.name: eval_problems(d, e.limit) for d in e.datasets}
-    model, tokenizer = models.inference_model(cfg, adapters)
+    model, tokenizer = backend.inference_model(cfg, adapters)
     results, samples = [], []
     for ds_name, rows in problems.items():
         convs = [prompt_messages(r["question"]) for r in rows]

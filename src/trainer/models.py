@@ -112,16 +112,6 @@ def load_adapter(model: Any, path: Path, trainable: bool) -> Any:
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
 
 
-def inference_model(cfg: RunConfig, adapters: dict[str, Path]) -> tuple[Any, Any]:
-    """The base model with each named adapter loaded (switch with `use_adapter`), and the tokenizer."""
-    if cfg.backend == "unsloth":
-        from trainer import unsloth_backend
-
-        return unsloth_backend.inference_model(cfg, adapters)
-    tokenizer = load_tokenizer(cfg)
-    return load_adapters(load_base_model(cfg, tokenizer), adapters), tokenizer
-
-
 def load_adapters(model: Any, adapters: dict[str, Path]) -> Any:
     """`model` with each adapter loaded under its name (the first one active); `model` itself if none."""
     for i, (name, path) in enumerate(adapters.items()):
