@@ -1,4 +1,7 @@
-"""Loading the base model, tokenizer and LoRA adapters (the `hf` backend: transformers + PEFT)."""
+"""Loading the base model, tokenizer and LoRA adapters (the `hf` backend: transformers + PEFT).
+
+Backend-neutral helpers here (model path, dtype, adapters) are used by trainer.unsloth_backend too;
+this module imports no backend (trainer.backend and trainer.training choose one)."""
 
 from __future__ import annotations
 
