@@ -1,4 +1,4 @@
-"""The decode step's weight GEMMs at M = 32 rows: cuBLAS, Inductor's autotuned Triton, and trainer.decode_kernels.
+"""The decode step's weight GEMMs at M = 32 rows: cuBLAS, Inductor's autotuned Triton, and trainer.rollout.decode_kernels.
 
 Why: a Qwen3-4B decode step for 32 rows reads 8 GB of weights; at M = 32 the GEMMs are bound by
 that read, and cuBLAS reached about 70% of the copy bandwidth on them (docs/benchmarks.md). This
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from qwen3_4b_shape import QWEN3_4B  # noqa: E402
 
-from trainer import decode_kernels  # noqa: E402
+from trainer.rollout import decode_kernels  # noqa: E402
 
 
 def shapes(r: int = 32) -> dict[str, tuple[int, int, int]]:

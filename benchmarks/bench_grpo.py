@@ -343,7 +343,7 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
         from trl import GRPOTrainer
 
         from trainer.config import load_config
-        from trainer.fast_grpo import trainer_class
+        from trainer.rollout.fast_grpo import trainer_class
         from trainer.training import training_model
 
         cfg = load_config(None, [f"model.name={model_dir}", f"model.dtype={DTYPE}", "lora.r=32", "lora.alpha=64"])

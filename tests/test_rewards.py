@@ -11,17 +11,11 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from equivalence_cases import ALL_CASES, HOSTILE
-from trainer import rewards
+from trainer import answers, rewards
+from trainer.answers import answers_equivalent, extract_solution, follows_format
 from trainer.errors import ConfigError
 from trainer.format import REASONING_START, render_solution
-from trainer.rewards import (
-    REWARD_SETS,
-    RewardFunction,
-    answers_equivalent,
-    build_reward_funcs,
-    extract_solution,
-    follows_format,
-)
+from trainer.rewards import REWARD_SETS, RewardFunction, build_reward_funcs
 
 EOS = "<|im_end|>"  # has regex metacharacters, so escaping is exercised
 BOUND_S = 5.0  # generous wall-clock bound per call: a hang guard, not a latency target
@@ -86,9 +80,9 @@ def test_deadline_stops_a_slow_comparison(monkeypatch):
         time.sleep(10)
         return True
 
-    monkeypatch.setattr(rewards, "_symbolic_equal", slow)
-    monkeypatch.setattr(rewards, "_warmed_up", True)
-    monkeypatch.setattr(rewards, "_TIMEOUT_S", 0.2)
+    monkeypatch.setattr(answers, "_symbolic_equal", slow)
+    monkeypatch.setattr(answers, "_warmed_up", True)
+    monkeypatch.setattr(answers, "_TIMEOUT_S", 0.2)
     start = time.monotonic()
     assert answers_equivalent("x+1", "y+2") is False
     assert time.monotonic() - start < 2.0
@@ -373,9 +367,9 @@ def test_trl_extra_kwargs_are_accepted():
 
 
 def test_docstring_examples_run():
-    result = doctest.testmod(rewards, optionflags=doctest.ELLIPSIS)
-    assert result.attempted >= 10
-    assert result.failed == 0
+    results = [doctest.testmod(module, optionflags=doctest.ELLIPSIS) for module in (answers, rewards)]
+    assert sum(r.attempted for r in results) >= 10
+    assert sum(r.failed for r in results) == 0
 
 
 def test_every_reward_has_a_docstring_example():

@@ -200,7 +200,7 @@ def grpo_trainer(model, tok, tmp_path: Path, **args):
     import datasets
     from trl import GRPOConfig
 
-    from trainer.fast_grpo import FastGRPOTrainer
+    from trainer.rollout.fast_grpo import FastGRPOTrainer
 
     gen = torch.Generator().manual_seed(0)
 
@@ -249,17 +249,17 @@ def test_sampling_gap_shows_whether_rollouts_follow_the_policy(
     """Each step logs |engine log-prob - loss log-prob|: rounding while the rollouts sample the adapter
     being trained, the size of the update when they do not (here: the engine's adapter copy is never
     refreshed after the first rollout, as a peer's release once shipped)."""
-    from trainer import rollout
+    from trainer.rollout import layout
 
     if not engine_sees_updates:
-        first = rollout._Adapters.refresh
+        first = layout._Adapters.refresh
 
         def refresh_once(self) -> None:
             if not getattr(self, "_refreshed", False):
                 first(self)
                 self._refreshed = True
 
-        monkeypatch.setattr(rollout._Adapters, "refresh", refresh_once)
+        monkeypatch.setattr(layout._Adapters, "refresh", refresh_once)
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
     trainer = grpo_trainer(
         model, tok, tmp_path, learning_rate=5e-2, max_steps=3, lr_scheduler_type="constant", bf16=False
@@ -275,7 +275,7 @@ def test_sampling_gap_shows_whether_rollouts_follow_the_policy(
 
 def test_lean_lora_equals_peft_under_autocast(tiny_model_dir: Path) -> None:
     """The training step's lean LoRA forward: the same outputs and adapter gradients as PEFT's."""
-    from trainer.fast_grpo import lean_lora
+    from trainer.rollout.fast_grpo import lean_lora
 
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
     ids = torch.tensor([tok("What is 12*7? Compute 3+4 and explain the steps")["input_ids"]])
@@ -303,7 +303,7 @@ def test_compiled_glue_equals_eager_training(tiny_model_dir: Path) -> None:
     logits and LoRA gradients as eager, with gradient checkpointing on; everything restored after."""
     import transformers.models.qwen3.modeling_qwen3 as qwen3
 
-    from trainer.fast_grpo import compiled_glue
+    from trainer.rollout.fast_grpo import compiled_glue
 
     model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
     model.train()
@@ -371,7 +371,7 @@ def test_gpu_bf16_logprobs_match_a_full_forward(tiny_model_dir: Path) -> None:
 def test_gpu_kernel_sampler_draws_from_the_filtered_distribution(temperature: float, min_p: float | None) -> None:
     """decode_kernels.sample (the Triton sampler the decode graph uses): token frequencies equal
     the filtered distribution across vocabulary chunks, and each log-prob is the unfiltered one."""
-    from trainer import decode_kernels
+    from trainer.rollout import decode_kernels
 
     vocab, rows, idx = 10_000, 40_000, [3, 4100, 4101, 8200, 9999]  # tokens in three of the sampler's chunks
     row = torch.full((vocab,), -30.0)
@@ -446,7 +446,7 @@ def test_gpu_grpo_steps_with_each_optimizer(tiny_model_dir: Path, tmp_path: Path
 def test_tile_choices_are_kept_across_processes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A tile search runs once per machine: its choice lands in the tuning file, and a fresh process
     (here: the in-process memo cleared) reads it back instead of timing again."""
-    from trainer import decode_kernels
+    from trainer.rollout import decode_kernels
 
     monkeypatch.setenv("TRAINER_TUNING_FILE", str(tmp_path / "tiles.json"))
     calls = []
@@ -488,7 +488,7 @@ def test_lean_lora_falls_back_where_it_would_not_be_exact(target: str, bias: str
     (the base bias's included) under bf16 autocast."""
     import peft
 
-    from trainer.fast_grpo import lean_lora
+    from trainer.rollout.fast_grpo import lean_lora
 
     torch.manual_seed(0)
     config = peft.LoraConfig(r=4, lora_alpha=8, target_modules=[target], bias=bias, fan_in_fan_out=fan_in_fan_out)

@@ -1,3 +1,5 @@
+"""`python -m trainer ...`: the command line (trainer.cli) as a module."""
+
 import sys
 
 from trainer.cli import main

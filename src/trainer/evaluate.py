@@ -3,7 +3,7 @@ for the base model and this run's SFT and GRPO adapters side by side.
 
     python -m trainer eval --config configs/qwen3-4b.yaml [--limit 100]
 
-Answers are checked by `trainer.rewards` (extract_solution, answers_equivalent, follows_format):
+Answers are checked by `trainer.answers` (extract_solution, answers_equivalent, follows_format):
 the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
 Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored).
 """
@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from trainer import distributed, models
+from trainer import backend, distributed, models
 from trainer.config import EvalConfig, RunConfig
 from trainer.data import eval_problems
 from trainer.errors import UserError
@@ -32,7 +32,7 @@ log = logging.getLogger(__name__)
 
 def is_correct(text: str, reference: str) -> bool:
     """Whether a completion's solution block holds an answer equivalent to `reference`."""
-    from trainer.rewards import answers_equivalent, extract_solution
+    from trainer.answers import answers_equivalent, extract_solution
 
     guess = extract_solution(text)
     return guess is not None and answers_equivalent(guess, reference)
@@ -58,7 +58,7 @@ def metrics(
     format adherence, mean completion tokens and truncation rate of the greedy completions. The
     per-problem scores are kept (`greedy_scores`, `sampled_scores`, in problem order) so that two
     models can be compared problem by problem (report.comparisons)."""
-    from trainer.rewards import follows_format
+    from trainer.answers import follows_format
 
     if not answers:
         raise ValueError("no problems to score")
@@ -87,7 +87,7 @@ def metrics(
 
 def sample_records(dataset: str, model: str, rows: list[dict[str, str]], greedy: list[list[Completion]]) -> list[dict]:
     """One scored record per problem (the greedy completion), for eval/samples.jsonl."""
-    from trainer.rewards import extract_solution, follows_format
+    from trainer.answers import extract_solution, follows_format
 
     return [
         {
@@ -149,7 +149,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     if not names:
         raise UserError("nothing to evaluate: no adapters found and eval.models excludes 'base'.")
     problems = {d.name: eval_problems(d, e.limit) for d in e.datasets}
-    model, tokenizer = models.inference_model(cfg, adapters)
+    model, tokenizer = backend.inference_model(cfg, adapters)
     results, samples = [], []
     for ds_name, rows in problems.items():
         convs = [prompt_messages(r["question"]) for r in rows]

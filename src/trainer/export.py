@@ -10,7 +10,7 @@ import os
 import shutil
 from pathlib import Path
 
-from trainer import models
+from trainer import backend
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.volume import find_adapter, stage_dir, write_atomic, write_run_record
@@ -57,7 +57,7 @@ def _save_merged(cfg: RunConfig, adapter: Path, dest: Path) -> None:
         # Unsloth's merge also dequantizes a 4-bit (QLoRA) base to 16 bit first.
         unsloth_backend.save_merged(cfg, adapter, dest)
         return
-    model, tokenizer = models.inference_model(cfg, {"export": adapter})
+    model, tokenizer = backend.inference_model(cfg, {"export": adapter})
     merged = model.merge_and_unload()
     # 16 bit: bfloat16 keeps the range of the float32 training weights.
     merged.to(torch.bfloat16).save_pretrained(str(dest))

@@ -46,9 +46,9 @@ def main(cfg: RunConfig) -> Path:
     import datasets
     from trl import GRPOConfig, GRPOTrainer
 
-    from trainer.fast_grpo import trainer_class
     from trainer.report import completion_samples_callback, plot_rewards
     from trainer.rewards import build_reward_funcs
+    from trainer.rollout.fast_grpo import trainer_class
 
     g = cfg.grpo
     start = start_adapter(cfg)

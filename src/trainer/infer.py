@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import logging
 
-from trainer import models
+from trainer import backend
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.format import REASONING_START, prompt_messages
@@ -18,7 +18,7 @@ log = logging.getLogger(__name__)
 
 
 def main(cfg: RunConfig) -> str:
-    from trainer.rewards import extract_solution
+    from trainer.answers import extract_solution
 
     i = cfg.infer
     adapters = {}
@@ -31,7 +31,7 @@ def main(cfg: RunConfig) -> str:
             )
         adapters["adapter"] = path
         log.info("using the adapter %s", path)
-    model, tokenizer = models.inference_model(cfg, adapters)
+    model, tokenizer = backend.inference_model(cfg, adapters)
     [[completion]] = generate(
         model,
         tokenizer,

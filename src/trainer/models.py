@@ -1,4 +1,7 @@
-"""Loading the base model, tokenizer and LoRA adapters (the `hf` backend: transformers + PEFT)."""
+"""Loading the base model, tokenizer and LoRA adapters (the `hf` backend: transformers + PEFT).
+
+Backend-neutral helpers here (model path, dtype, adapters) are used by trainer.unsloth_backend too;
+this module imports no backend (trainer.backend and trainer.training choose one)."""
 
 from __future__ import annotations
 
@@ -110,16 +113,6 @@ def load_adapter(model: Any, path: Path, trainable: bool) -> Any:
     from peft import PeftModel
 
     return PeftModel.from_pretrained(model, str(path), is_trainable=trainable)
-
-
-def inference_model(cfg: RunConfig, adapters: dict[str, Path]) -> tuple[Any, Any]:
-    """The base model with each named adapter loaded (switch with `use_adapter`), and the tokenizer."""
-    if cfg.backend == "unsloth":
-        from trainer import unsloth_backend
-
-        return unsloth_backend.inference_model(cfg, adapters)
-    tokenizer = load_tokenizer(cfg)
-    return load_adapters(load_base_model(cfg, tokenizer), adapters), tokenizer
 
 
 def load_adapters(model: Any, adapters: dict[str, Path]) -> Any:

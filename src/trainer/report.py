@@ -139,7 +139,7 @@ _LINE_FIELDS = [
     ("completions/mean_length", "length", "{:.1f}"),
     ("completions/clipped_ratio", "truncated", "{:.2f}"),
     ("kl", "kl", "{:.3g}"),
-    # |sampling log-prob - loss log-prob| per token (trainer.fast_grpo, vLLM): rounding when on-policy.
+    # |sampling log-prob - loss log-prob| per token (trainer.rollout.fast_grpo, vLLM): rounding when on-policy.
     ("sampling/sampling_logp_difference/mean", "logp gap", "{:.2g}"),
     ("grad_norm", "grad norm", "{:.3g}"),
     ("learning_rate", "lr", "{:.2e}"),

@@ -11,6 +11,9 @@
 - One process at a time per run and stage (an flock on `<stage dir>/.lock`).
 - Out of GPU memory and a full disk end as one line that says what to change.
 
+Longer than the other modules (about 530 lines): six small sections, one per failure above, that
+share the exit-code exceptions and the stage guard; none is over about 120 lines.
+
 Exit codes: 2 bad input, 3 the run is already running, 4 non-finite loss/gradients, 5 out of GPU
 memory, 6 disk full, 130 / 143 stopped by SIGINT / SIGTERM with a checkpoint saved.
 """

@@ -2,7 +2,7 @@
 
 Why: a Qwen3-4B decode step for 32 rows ran 806 kernels in 6.2-6.8 ms, 0.6 ms of it idle between
 them (H100 profile, docs/benchmarks.md), 22 per layer. With these a layer is 12: four group GEMMs
-(`linear`: base outputs and x A^T in one, rollout._fuse), o's and down's LoRA B GEMMs with the
+(`linear`: base outputs and x A^T in one, layout._fuse), o's and down's LoRA B GEMMs with the
 compiled residual add + RMSNorm after each (a kernel per row that also added (x A^T) B^T took 30 us,
 ten times as long: 32 rows cannot spread B's reads over the GPU), and kernels that add the LoRA
 terms (x A^T) B^T from the group GEMM's output where that pays:
@@ -14,7 +14,7 @@ terms (x A^T) B^T from the group GEMM's output where that pays:
   where it is as fast); reading the weights bounds it.
 Tile choices are timed once per GPU model and software stack and kept on the checkpoint volume
 (`_tuned`), so only the first run on a machine pays for the search.
-The kernels (trainer.decode_triton) round to the model's dtype after each operation, as the eager
+The kernels (trainer.rollout.decode_triton) round to the model's dtype after each operation, as the eager
 HF code does, and run in float32 too (exact dot products), which the GPU exactness test uses.
 """
 
@@ -88,7 +88,7 @@ def _version(package: str) -> str | None:
 
 @functools.cache
 def _kernels() -> Any:
-    from trainer import decode_triton
+    from trainer.rollout import decode_triton
 
     return decode_triton
 

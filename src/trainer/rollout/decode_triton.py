@@ -1,4 +1,4 @@
-"""The Triton kernels behind trainer.decode_kernels (imported only where Triton is, on CUDA).
+"""The Triton kernels behind trainer.rollout.decode_kernels (imported only where Triton is, on CUDA).
 
 Each rounds to the model's dtype where the eager HF code does (after every bf16 operation), so the
 decode step matches `transformers.generate` token for token in float32 and to rounding in bf16.

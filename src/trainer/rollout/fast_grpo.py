@@ -31,7 +31,8 @@ from trl.extras.profiling import profiling_context
 
 from trainer.config import RunConfig
 from trainer.generation import NEUTRAL_SAMPLING
-from trainer.rollout import RolloutEngine, Sampling, _rms_norm, _silu_mul, causal_lm, unsupported_reason
+from trainer.rollout import RolloutEngine, Sampling, causal_lm, unsupported_reason
+from trainer.rollout.glue import _rms_norm, _silu_mul
 
 log = logging.getLogger(__name__)
 
