@@ -198,7 +198,8 @@ def test_non_finite_gradients_stop_and_keep_the_last_good_checkpoint(vol: Path, 
     assert run("sft", args) == 4
     ckpts = vol / "diverge/sft/checkpoints"
     assert error_line(capsys.readouterr().err) == (
-        f"sft: non-finite gradients at step 2; stopped without saving it (the last good checkpoint is "
+        "sft: non-finite gradients at step 2 (56 of 56 trained tensors, the last "
+        "model.layers.3.mlp.down_proj.lora_B.default.weight); stopped without saving it (the last good checkpoint is "
         f"{ckpts / 'checkpoint-1'}). Lower sft.learning_rate or check the data, then run again.\n"
     )
     assert [p.name for p in checkpoints(ckpts)] == ["checkpoint-1"]

@@ -12,12 +12,22 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from safetensors import safe_open
 
 from trainer.cli import main
-from trainer.resilience import MANIFEST, checkpoints, last_checkpoint, rotate, verify_checkpoint, write_manifest
+from trainer.resilience import (
+    MANIFEST,
+    NonFinite,
+    NonFiniteGuard,
+    checkpoints,
+    last_checkpoint,
+    rotate,
+    verify_checkpoint,
+    write_manifest,
+)
 from trainer.volume import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -284,3 +294,30 @@ def test_grpo_rerun_of_a_finished_stage_changes_nothing(
     assert error_line(capsys).startswith("error: grpo.max_steps 1 is below step 2")
     assert run("grpo", [*args, "grpo.temperature=0.5"]) == 2
     assert "grpo.temperature 1.0 -> 0.5" in error_line(capsys)
+
+
+@pytest.mark.parametrize(
+    ("bad", "where"),
+    [
+        ([], None),
+        (["2.weight"], "(1 of 4 trained tensors, the last 2.weight)"),
+        (["2.bias", "0.weight"], "(2 of 4 trained tensors, the last 2.bias)"),
+    ],
+)
+def test_non_finite_guard_names_the_tensors(tmp_path: Path, bad: list[str], where: str | None) -> None:
+    import torch
+
+    # Layers 0 and 2 hold 4 trained tensors; those in `bad` get a NaN in their gradient.
+    model = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.ReLU(), torch.nn.Linear(2, 1))
+    for name, p in model.named_parameters():
+        p.grad = torch.zeros_like(p)
+        if name in bad:
+            p.grad.view(-1)[0] = float("nan")
+    args = SimpleNamespace(fp16=False, output_dir=str(tmp_path))
+    guard = NonFiniteGuard("sft")
+    if where is None:
+        guard.on_pre_optimizer_step(args, SimpleNamespace(global_step=6), None, model=model)
+        return
+    with pytest.raises(NonFinite) as e:
+        guard.on_pre_optimizer_step(args, SimpleNamespace(global_step=6), None, model=model)
+    assert str(e.value).startswith(f"sft: non-finite gradients at step 7 {where}; stopped without saving it")

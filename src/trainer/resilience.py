@@ -399,9 +399,16 @@ class NonFiniteGuard(TrainerCallback):
             return
         import torch
 
-        grads = [p.grad for p in model.parameters() if p.grad is not None]
-        if grads and not torch.stack([torch.isfinite(g).all() for g in grads]).all():
-            self._stop("gradients", state.global_step + 1, args)
+        grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
+        if not grads:
+            return
+        finite = torch.stack([torch.isfinite(g).all() for _, g in grads]).tolist()  # one device sync
+        bad = [name for (name, _), ok in zip(grads, finite, strict=True) if not ok]
+        if bad:
+            # How many tells a diverged run (all) from one op's overflow (those below it). Backward runs
+            # from the output down, so the last bad tensor in model order is nearest where it began.
+            where = f"{len(bad)} of {len(grads)} trained tensors, the last {bad[-1].removeprefix('base_model.model.')}"
+            self._stop("gradients", state.global_step + 1, args, where)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
         for key in ("loss",) if args.fp16 else ("loss", "grad_norm"):
@@ -409,11 +416,12 @@ class NonFiniteGuard(TrainerCallback):
             if isinstance(value, (int, float)) and not math.isfinite(value):
                 self._stop(f"{key} ({value})", state.global_step, args)
 
-    def _stop(self, what: str, step: int, args: Any) -> None:
+    def _stop(self, what: str, step: int, args: Any, where: str = "") -> None:
         last = last_checkpoint(Path(args.output_dir))
         kept = f"the last good checkpoint is {last}" if last else "no checkpoint was written before it"
+        where = f" ({where})" if where else ""
         raise NonFinite(
-            f"{self.stage}: non-finite {what} at step {step}; stopped without saving it ({kept}). "
+            f"{self.stage}: non-finite {what} at step {step}{where}; stopped without saving it ({kept}). "
             f"Lower {self.stage}.learning_rate or check the data, then run again."
         )
 
