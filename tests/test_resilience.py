@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -67,11 +69,15 @@ def start(volume: Path, overrides: list[str], log: Path) -> subprocess.Popen:
 
 
 def wait_for(path: Path, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
+    wait_until(path.exists, f"{path} to appear", proc, log, timeout)
+
+
+def wait_until(done: Callable[[], bool], what: str, proc: subprocess.Popen, log: Path, timeout: float = 300) -> None:
     deadline = time.monotonic() + timeout
-    while not path.exists():
+    while not done():
         if proc.poll() is not None or time.monotonic() > deadline:
             proc.kill()
-            pytest.fail(f"{path} never appeared (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
+            pytest.fail(f"waited in vain for {what} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
         time.sleep(0.05)
 
 
@@ -88,12 +94,13 @@ def final_step(volume: Path) -> int:
 def test_sigkill_after_first_checkpoint_resumes_to_the_same_end(
     volume: Path, grpo_args: list[str], sft_adapter: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    args = [*grpo_args, "grpo.max_steps=3", "grpo.save_steps=1"]
+    # Enough steps that the kill lands mid-run: a tiny step takes well under 0.1 s on an idle machine.
+    args = [*grpo_args, "grpo.max_steps=30", "grpo.save_steps=1"]
     ckpts = volume / "tiny/grpo/checkpoints"
     log = tmp_path / "grpo.log"
     proc = start(volume, args, log)
     wait_for(ckpts / "checkpoint-1" / MANIFEST, proc, log)
-    proc.kill()  # SIGKILL: possibly in the middle of writing checkpoint-2
+    proc.kill()  # SIGKILL: possibly in the middle of writing the next checkpoint
     assert proc.wait() == -signal.SIGKILL
     assert not (volume / "tiny/grpo/adapter").exists()
     resume = last_checkpoint(ckpts)
@@ -102,13 +109,13 @@ def test_sigkill_after_first_checkpoint_resumes_to_the_same_end(
     with caplog.at_level(logging.INFO):
         assert run("grpo", args) == 0
     assert f"resuming from {resume}" in caplog.text
-    assert final_step(volume) == 3
+    assert final_step(volume) == 30
     assert shapes(volume / "tiny/grpo/adapter") == shapes(sft_adapter)
     # The resumed run carried the trainer state over: its history starts at step 1, not at the resume step.
-    state = json.loads((ckpts / "checkpoint-3/trainer_state.json").read_text())
-    assert [h["step"] for h in state["log_history"] if "loss" in h] == [1, 2, 3]
+    state = json.loads((ckpts / "checkpoint-30/trainer_state.json").read_text())
+    assert [h["step"] for h in state["log_history"] if "loss" in h] == list(range(1, 31))
     # keep_checkpoints (default 2): the two newest remain, both verified.
-    assert [p.name for p in checkpoints(ckpts)] == ["checkpoint-2", "checkpoint-3"]
+    assert [p.name for p in checkpoints(ckpts)] == ["checkpoint-29", "checkpoint-30"]
     assert all(verify_checkpoint(p) is None for p in checkpoints(ckpts))
 
 
@@ -116,25 +123,32 @@ def test_sigkill_after_first_checkpoint_resumes_to_the_same_end(
 def test_sigterm_mid_step_saves_that_step_exits_143_and_resumes(
     volume: Path, grpo_args: list[str], sft_adapter: Path, tmp_path: Path
 ) -> None:
-    args = [*grpo_args, "grpo.max_steps=4", "grpo.save_steps=2"]
+    # save_steps above max_steps: any checkpoint is the signal's. Enough steps that the signal lands
+    # mid-run (a tiny step takes well under 0.1 s on an idle machine); it is sent once step 2 is logged.
+    args = [*grpo_args, "grpo.max_steps=30", "grpo.save_steps=100"]
     ckpts = volume / "tiny/grpo/checkpoints"
     log = tmp_path / "grpo.log"
     proc = start(volume, args, log)
-    wait_for(ckpts / "checkpoint-2" / MANIFEST, proc, log)
-    proc.send_signal(signal.SIGTERM)  # during step 3
+    wait_until(lambda: "step 2/30" in log.read_text(), "step 2 in the log", proc, log)
+    proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
 
     last = log.read_text().rsplit("error: ", 1)[1]
-    assert last == (
-        f"grpo stopped by SIGTERM after step 3/4; checkpoint saved in {ckpts / 'checkpoint-3'}. "
-        "Run the same command again to resume from it.\n"
+    stopped = re.fullmatch(
+        rf"grpo stopped by SIGTERM after step (\d+)/30; checkpoint saved in {re.escape(str(ckpts))}/checkpoint-\1\. "
+        r"Run the same command again to resume from it\.\n",
+        last,
     )
-    # save_steps=2 would not save step 3: the signal did, completely.
-    assert verify_checkpoint(ckpts / "checkpoint-3") is None
+    assert stopped, last
+    step = int(stopped[1])
+    assert 2 <= step < 30
+    # The step the signal interrupted was finished and saved, completely; nothing else was.
+    assert [p.name for p in checkpoints(ckpts)] == [f"checkpoint-{step}"]
+    assert verify_checkpoint(ckpts / f"checkpoint-{step}") is None
     assert not (volume / "tiny/grpo/adapter").exists()
 
     assert run("grpo", args) == 0
-    assert final_step(volume) == 4
+    assert final_step(volume) == 30
     assert shapes(volume / "tiny/grpo/adapter") == shapes(sft_adapter)
 
 
