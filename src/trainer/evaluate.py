@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import os
 import time
 from pathlib import Path
@@ -24,7 +23,7 @@ from trainer.data import eval_problems
 from trainer.errors import UserError
 from trainer.format import prompt_messages
 from trainer.generation import Completion, generate
-from trainer.report import markdown_report
+from trainer.report import markdown_report, stderr
 from trainer.volume import find_adapter, stage_dir, write_run_record
 
 log = logging.getLogger(__name__)
@@ -43,14 +42,6 @@ def _mean(values: list[float]) -> float:
     return sum(values) / len(values)
 
 
-def _stderr(values: list[float]) -> float:
-    """Standard error of the mean of per-problem scores (0/1 for greedy, a share for sampled)."""
-    if len(values) < 2:
-        return 0.0
-    m = _mean(values)
-    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
-
-
 def metrics(
     greedy: list[list[Completion]], sampled: list[list[Completion]] | None, answers: list[str], eos: str | None
 ) -> dict[str, Any]:
@@ -67,7 +58,7 @@ def metrics(
     result: dict[str, Any] = {
         "n": len(answers),
         "pass@1_greedy": _mean(correct),
-        "pass@1_greedy_stderr": _stderr(correct),
+        "pass@1_greedy_stderr": stderr(correct),
         "pass@1_sampled": None,
         "pass@1_sampled_stderr": None,
         "format_adherence": _mean([float(follows_format(c.text, eos)) for c in flat]),
@@ -80,7 +71,7 @@ def metrics(
             _mean([float(is_correct(c.text, a)) for c in group]) for group, a in zip(sampled, answers, strict=True)
         ]
         result["pass@1_sampled"] = _mean(per_problem)
-        result["pass@1_sampled_stderr"] = _stderr(per_problem)
+        result["pass@1_sampled_stderr"] = stderr(per_problem)
         result["sampled_scores"] = per_problem
     return result
 

@@ -264,6 +264,15 @@ def markdown_table(results: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def stderr(values: list[float]) -> float:
+    """Standard error of the mean of per-problem scores (0/1 for greedy, a share for sampled, or the
+    per-problem differences of two models); 0 for fewer than two values."""
+    if len(values) < 2:
+        return 0.0
+    m = sum(values) / len(values)
+    return math.sqrt(sum((v - m) ** 2 for v in values) / (len(values) - 1) / len(values))
+
+
 def _change(a: dict[str, Any], b: dict[str, Any], kind: str) -> str:
     """The change in pass@1 `kind` (greedy / sampled) from a to b in points, with the standard error of
     the per-problem differences where both hold per-problem scores: the two models answered the same
@@ -272,10 +281,7 @@ def _change(a: dict[str, Any], b: dict[str, Any], kind: str) -> str:
     text = f"{100 * (b[f'pass@1_{kind}'] - a[f'pass@1_{kind}']):+.1f}"
     sa, sb = a.get(f"{kind}_scores"), b.get(f"{kind}_scores")
     if sa and sb and len(sa) == len(sb) > 1:
-        diffs = [y - x for x, y in zip(sa, sb, strict=True)]
-        mean = sum(diffs) / len(diffs)
-        se = math.sqrt(sum((d - mean) ** 2 for d in diffs) / (len(diffs) - 1) / len(diffs))
-        text += f" ± {100 * se:.1f}"
+        text += f" ± {100 * stderr([y - x for x, y in zip(sa, sb, strict=True)]):.1f}"
     return text
 
 
