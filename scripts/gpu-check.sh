@@ -39,6 +39,20 @@ def version(name):
 print(*(f"{p} {version(p)}" for p in ("torch", "transformers", "trl", "peft", "unsloth")),
       "vllm importable:", u.find_spec("vllm") is not None)' 2>&1 | tee -a "$out/gpu.txt"
 
+# The random Qwen3-4B-shaped model, its fresh LoRA and prompts in /tmp/q4b (bench4b, fastpath): built once
+# per machine, so a second call on a still-warm machine spends its time on GRPO.
+q4b_model() {
+  if [ -f /tmp/q4b/adapter/adapter_config.json ]; then
+    echo "build: reusing /tmp/q4b"
+  else
+    $py benchmarks/make_qwen3_4b_random.py /tmp/q4b 2>&1 | tee "$out/build.log"
+  fi
+}
+# The recipe's GRPO on that model, 3 steps, its prompts, no tracker or completion tables.
+q4b_sets=(--set model.name=/tmp/q4b/model --set "report_to=[]"
+          --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
+          --set grpo.max_steps=3 --set grpo.log_completions=false)
+
 case $what in
 tests)
   # Each stage's output lands in OUT as it runs (tests/test_gpu.py), so a killed run still tells where it was.
@@ -51,12 +65,7 @@ bench4b)
   smi=$!
   trap 'kill $smi' EXIT
   t=$SECONDS
-  # A second call on the same (still warm) machine skips the build: one call's 600 s then all go to GRPO.
-  if [ -f /tmp/q4b/adapter/adapter_config.json ]; then
-    echo "build: reusing /tmp/q4b"
-  else
-    $py benchmarks/make_qwen3_4b_random.py /tmp/q4b 2>&1 | tee "$out/build.log"
-  fi
+  q4b_model
   echo "build: $((SECONDS - t)) s"
   export CHECKPOINT_DIR=/tmp/q4b/checkpoints
   save=3
@@ -65,10 +74,8 @@ bench4b)
   else
     rm -rf "$CHECKPOINT_DIR"  # a rerun times fresh steps, not a resume of the last run's checkpoint
   fi
-  sets=(--set model.name=/tmp/q4b/model --set "report_to=[]"
-        --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.max_steps=2
-        --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
-        --set grpo.max_steps=3 --set "grpo.save_steps=$save" --set grpo.log_completions=false)
+  sets=("${q4b_sets[@]}" --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.max_steps=2
+        --set "grpo.save_steps=$save")
   # GRPO starts from the fresh LoRA the build wrote: on a fresh machine, build + sft + 3 GRPO steps
   # at these lengths outlast one 600 s device call (docs/gpu.md). BENCH4B_SFT=1 runs sft first.
   start=(--set grpo.start_from=/tmp/q4b/adapter)
@@ -87,12 +94,10 @@ bench4b)
 fastpath)
   timeout "${FASTPATH_TEST_S:-300}" "$py" -m pytest -q -ra -m gpu --durations=5 tests/test_rollout.py 2>&1 \
     | tee "$out/rollout-tests.log" || true
-  [ -f /tmp/q4b/adapter/adapter_config.json ] || $py benchmarks/make_qwen3_4b_random.py /tmp/q4b >"$out/build.log" 2>&1
+  q4b_model >/dev/null
   export CHECKPOINT_DIR=/tmp/q4b/checkpoints
-  sets=(--set model.name=/tmp/q4b/model --set "report_to=[]" --set backend=hf --set grpo.use_vllm=false
-        --set grpo.rollout_engine=fast --set grpo.dataset.path=/tmp/q4b/prompts.jsonl --set grpo.dataset.name=null
-        --set grpo.max_steps=3 --set grpo.save_steps=3 --set grpo.log_completions=false
-        --set grpo.start_from=/tmp/q4b/adapter)
+  sets=("${q4b_sets[@]}" --set backend=hf --set grpo.use_vllm=false --set grpo.rollout_engine=fast
+        --set grpo.save_steps=3 --set grpo.start_from=/tmp/q4b/adapter)
   for cap in ${FASTPATH_CAPS:-0 22}; do
     rm -rf "$CHECKPOINT_DIR"
     GPU_MEMORY_CAP_GIB=$cap timeout "${FASTPATH_STEP_S:-240}" "$py" benchmarks/gpu_grpo_step.py \
