@@ -9,8 +9,8 @@ import sys
 import time
 from pathlib import Path
 
+from trainer import distributed
 from trainer.config import RunConfig, load_config
-from trainer.distributed import log_level
 from trainer.errors import UserError
 
 STAGES = ("sft", "grpo", "eval", "infer", "export", "demo")
@@ -79,7 +79,6 @@ def _shown(path: Path) -> str:
 def demo(cfg: RunConfig, config_path: str) -> None:
     """The whole pipeline on one config, then where everything went, and the evaluation table.
     `config_path`: the recipe file, for the commands printed at the end."""
-    from trainer import distributed
     from trainer.report import markdown_report
     from trainer.volume import stage_dir
 
@@ -106,7 +105,19 @@ def demo(cfg: RunConfig, config_path: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=distributed.log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
+    )
+    ok = False
+    try:
+        code = _run(args)
+        ok = code == 0
+        return code
+    finally:
+        distributed.close(ok)
+
+
+def _run(args: argparse.Namespace) -> int:
     try:
         from dotenv import load_dotenv
 

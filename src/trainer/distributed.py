@@ -76,6 +76,28 @@ def from_main_process(fn: Callable[[], T]) -> T:
     return box[0]
 
 
+def close(ok: bool) -> None:
+    """End the process group, if this process joined one, before the interpreter exits.
+
+    `ok`: the stage succeeded here, so every process reaches this point; they then meet at a barrier
+    first. Without it a process that finished early (one that writes nothing) exits while the main
+    process still saves, and its collective backend's threads can die mid-teardown: seen on CPU
+    (gloo) as "terminate called without an active exception" and exit -6 after a successful run.
+    On failure there is no barrier (the others may never come); the launcher ends them.
+    """
+    import sys
+
+    if "torch" not in sys.modules:  # nothing was loaded, so no group was joined (--help, a config error)
+        return
+    import torch.distributed as dist
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if ok:
+        dist.barrier()
+    dist.destroy_process_group()
+
+
 def device_map() -> dict[str, int] | None:
     """Where `from_pretrained` puts the base model: this process's own GPU (one process, DDP, ZeRO-1/2),
     or None where there is no GPU or the trainer shards the model itself (ZeRO-3, FSDP: accelerate
