@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 
 from trainer.cli import main
-from trainer.resilience import LOCK, MANIFEST, checkpoints, verify_checkpoint
+from trainer.resilience.checkpoints import MANIFEST, checkpoints, verify_checkpoint
+from trainer.resilience.lock import LOCK
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -20,16 +20,16 @@ import pytest
 from safetensors import safe_open
 
 from trainer.cli import main
-from trainer.resilience import (
+from trainer.errors import NonFinite
+from trainer.resilience.checkpoints import (
     MANIFEST,
-    NonFinite,
-    NonFiniteGuard,
     checkpoints,
     last_checkpoint,
     rotate,
     verify_checkpoint,
     write_manifest,
 )
+from trainer.resilience.stopping import NonFiniteGuard
 from trainer.volume import write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -49,7 +49,7 @@ def run_stage(stage: str, cfg: RunConfig) -> object:
     import importlib
 
     # Imported here, not at the top: it imports transformers, which Unsloth must patch first (main).
-    from trainer.resilience import stage_guard
+    from trainer.resilience.guard import stage_guard
 
     module = {"eval": "evaluate"}.get(stage, stage)
     with stage_guard(cfg, stage):  # the run lock; out of memory / disk full as one line

@@ -1,4 +1,5 @@
-"""The one exception type the CLI turns into a one-line message and a non-zero exit."""
+"""The exceptions the CLI turns into a one-line message and a non-zero exit: every exit code but 0
+(done) and 1 (a bug: a traceback) is a `UserError` subclass here."""
 
 
 class UserError(Exception):
@@ -22,3 +23,28 @@ class ConfigError(UserError):
 
 class DataError(UserError):
     """A dataset that cannot be used: malformed row, missing column, nothing left after filters."""
+
+
+# What trainer.resilience raises when a run cannot go on.
+class RunLocked(UserError):
+    exit_code = 3
+
+
+class NonFinite(UserError):
+    exit_code = 4
+
+
+class OutOfMemory(UserError):
+    exit_code = 5
+
+
+class DiskFull(UserError):
+    exit_code = 6
+
+
+class Interrupted(UserError):
+    """Stopped by a signal after saving a checkpoint; exit code 128 + signal number, as a shell reports it."""
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.exit_code = 128 + signum

@@ -13,7 +13,7 @@ from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
 from trainer.generation import NEUTRAL_SAMPLING
-from trainer.resilience import check_resume
+from trainer.resilience.resume import check_resume
 from trainer.training import (
     check_backend,
     common_args,

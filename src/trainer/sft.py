@@ -10,7 +10,7 @@ from pathlib import Path
 
 from trainer.config import RunConfig
 from trainer.data import sft_texts
-from trainer.resilience import check_resume
+from trainer.resilience.resume import check_resume
 from trainer.training import check_backend, common_args, finish, train, training_model
 
 log = logging.getLogger(__name__)

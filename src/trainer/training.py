@@ -8,9 +8,12 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainer import distributed, models, resilience
+from trainer import distributed, models
 from trainer.config import RunConfig, to_dict
 from trainer.errors import UserError
+from trainer.resilience import checkpoints
+from trainer.resilience.resume import resume_settings
+from trainer.resilience.stopping import NonFiniteGuard, StopOnSignal
 from trainer.volume import save_adapter, stage_dir, write_run_record
 
 log = logging.getLogger(__name__)
@@ -133,9 +136,9 @@ def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
         gradient_accumulation_steps=s.gradient_accumulation_steps,
         logging_steps=s.logging_steps,
         save_steps=s.save_steps,
-        # Off: resilience.CheckpointManifest rotates (keep_checkpoints) only once the newest one is verified.
+        # Off: checkpoints.CheckpointManifest rotates (keep_checkpoints) only once the newest one is verified.
         save_total_limit=None,
-        # Log a NaN loss as NaN (not the running mean), so resilience.NonFiniteGuard sees it.
+        # Log a NaN loss as NaN (not the running mean), so NonFiniteGuard sees it.
         logging_nan_inf_filter=False,
         seed=cfg.seed,
         data_seed=cfg.seed,
@@ -154,10 +157,10 @@ def common_args(cfg: RunConfig, stage: str, s: Any) -> dict[str, Any]:
 
 
 def last_checkpoint(args: Any) -> str | None:
-    """The newest checkpoint whose manifest verifies (resilience.last_checkpoint), or None."""
+    """The newest checkpoint whose manifest verifies (checkpoints.last_checkpoint), or None."""
     path = Path(args.output_dir)
     # The main process picks, so that every process resumes from the same checkpoint.
-    found = distributed.from_main_process(lambda: resilience.last_checkpoint(path))
+    found = distributed.from_main_process(lambda: checkpoints.last_checkpoint(path))
     if found:
         log.info("resuming from %s", found)
     return str(found) if found else None
@@ -166,17 +169,17 @@ def last_checkpoint(args: Any) -> str | None:
 def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
     """`trainer.train()` that survives preemption and crashes: resumes from the newest verified
     checkpoint, writes each checkpoint's manifest, stops cleanly on SIGTERM / SIGINT (raising
-    resilience.Interrupted once the checkpoint is saved) and on non-finite gradients."""
+    trainer.errors.Interrupted once the checkpoint is saved) and on non-finite gradients."""
     out = Path(trainer.args.output_dir)
-    stop = resilience.StopOnSignal()
+    stop = StopOnSignal()
     keep = getattr(cfg, stage).keep_checkpoints
-    settings = resilience.resume_settings(to_dict(cfg), stage)
-    for callback in (stop, resilience.CheckpointManifest(keep, settings), resilience.NonFiniteGuard(stage)):
+    settings = resume_settings(to_dict(cfg), stage)
+    for callback in (stop, checkpoints.CheckpointManifest(keep, settings), NonFiniteGuard(stage)):
         trainer.add_callback(callback)
     compact_progress(trainer)
     resume = last_checkpoint(trainer.args)
     if distributed.is_main_process():
-        resilience.remove_newer(out, Path(resume) if resume else None)
+        checkpoints.remove_newer(out, Path(resume) if resume else None)
     try:
         with stop.installed():
             trainer.train(resume_from_checkpoint=resume)
