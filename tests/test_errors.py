@@ -3,18 +3,24 @@ distinct exit code, and the earlier work on the volume exactly as it was."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
 
 from trainer.cli import main
+from trainer.config import load_config
+from trainer.errors import RunLocked, UserError
 from trainer.resilience.checkpoints import MANIFEST, checkpoints, verify_checkpoint
-from trainer.resilience.lock import LOCK
+from trainer.resilience.guard import stage_guard
+from trainer.resilience.lock import LOCK, run_lock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -239,6 +245,98 @@ def test_second_run_of_a_stage_refuses_while_the_first_holds_it(vol: Path, base:
     # The stale lock file does not block: this run gets past the lock to its own (bad) dataset.
     assert run("grpo", [*base, "grpo.dataset.path=missing.jsonl"]) == 2
     assert "dataset file 'missing.jsonl' not found" in error_line(capsys.readouterr().err)
+
+
+def tree(root: Path) -> set[str]:
+    """Every file and folder under `root`, lock files included."""
+    return {str(p.relative_to(root)) for p in root.rglob("*")}
+
+
+def test_a_stage_that_fails_before_training_leaves_no_lock_behind(
+    vol: Path, base: list[str], tmp_path: Path, capsys
+) -> None:
+    before = tree(vol)
+    capsys.readouterr()
+    assert run("grpo", [*base, f"model.name={tmp_path / 'missing'}", "model.init=pretrained"]) == 2
+    assert "could not load the tokenizer" in error_line(capsys.readouterr().err)
+    # No tiny/grpo/.lock, nor the tiny/grpo folder made to hold it; the earlier SFT work untouched.
+    assert tree(vol) == before
+
+
+# How a stage can end after its lock is taken and before it writes anything: the exception raised in it.
+ENDINGS = {
+    "bad input": UserError("model.name: no such model"),
+    "a bug": RuntimeError("a bug"),
+    "Ctrl-C": KeyboardInterrupt(),
+}
+
+
+@pytest.mark.parametrize("ending", ENDINGS)
+def test_every_early_ending_of_a_stage_removes_its_lock(ending: str, volume: Path) -> None:
+    with pytest.raises(type(ENDINGS[ending])):
+        with stage_guard(load_config("configs/tiny.yaml"), "sft"):
+            assert (volume / "tiny/sft" / LOCK).is_file()
+            raise ENDINGS[ending]
+    assert not volume.exists()  # the folders made for the lock went with it
+
+
+IN_STAGE = """
+import time
+from trainer.config import load_config
+from trainer.resilience.guard import stage_guard
+with stage_guard(load_config("configs/tiny.yaml"), "sft"):
+    print("in the stage", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_sigterm_before_training_removes_the_lock_and_still_ends_by_the_signal(volume: Path) -> None:
+    env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CHECKPOINT_DIR": str(volume)}
+    proc = subprocess.Popen([sys.executable, "-c", IN_STAGE], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline() == "in the stage\n"
+        assert (volume / "tiny/sft" / LOCK).is_file()
+        proc.send_signal(signal.SIGTERM)
+        # Ended by SIGTERM itself, as without the lock (a shell reports 143), not by an exit code.
+        assert proc.wait(timeout=60) == -signal.SIGTERM
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not volume.exists()
+
+
+def test_the_lock_admits_one_holder_at_a_time_while_holders_delete_it(tmp_path: Path) -> None:
+    # Each holder deletes the lock file (and its empty folders) as it lets go, while others are
+    # opening it: none may lock a file that is no longer the one at the path. Threads contend as
+    # processes would: an flock belongs to an open file, not to a process.
+    folder, inside = tmp_path / "run" / "stage", tmp_path / "inside"
+    held: list[int] = []
+    failed: list[BaseException] = []
+
+    def contend() -> None:
+        n = 0
+        try:
+            for _ in range(1000):
+                with contextlib.suppress(RunLocked), run_lock(folder, "the test run"):
+                    os.close(os.open(inside, os.O_CREAT | os.O_EXCL | os.O_WRONLY))  # FileExistsError: two holders
+                    os.unlink(inside)
+                    n += 1
+        except BaseException as e:
+            failed.append(e)
+        held.append(n)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch between any two system calls, where the races are
+    try:
+        threads = [threading.Thread(target=contend) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert not failed, failed
+    assert all(n > 0 for n in held), held  # each held it in turn, not only refused
 
 
 @pytest.fixture
