@@ -4,6 +4,7 @@ and Unsloth's FastLanguageModel.from_pretrained arguments (backend unsloth, fast
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -11,7 +12,7 @@ from trainer.config import load_config
 from trainer.errors import UserError
 from trainer.generation import NEUTRAL_SAMPLING
 from trainer.grpo import vllm_args
-from trainer.training import check_backend
+from trainer.training import check_backend, report_overrides
 from trainer.unsloth_backend import from_pretrained_kwargs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -70,3 +71,10 @@ def test_vllm_server_on_the_unsloth_backend_is_refused() -> None:
     with pytest.raises(UserError, match=r"^grpo.vllm_mode: server needs backend hf .* --set backend=hf"):
         check_backend(cfg, cfg.grpo.optim)
     check_backend(load_config(TINY, ["grpo.use_vllm=true", "grpo.vllm_mode=server"]), "adamw_torch")  # hf: fine
+
+
+def test_no_generation_kwargs_is_not_reported_as_a_change() -> None:
+    # With vLLM the recipe passes generation_kwargs None; a trainer holding {} means the same.
+    assert report_overrides(SimpleNamespace(generation_kwargs={}), {"generation_kwargs": None}) == []
+    changed = report_overrides(SimpleNamespace(generation_kwargs={"top_k": 5}), {"generation_kwargs": None})
+    assert changed == ["generation_kwargs None -> {'top_k': 5}"]

@@ -112,12 +112,14 @@ def report_overrides(args: Any, requested: dict[str, Any]) -> list[str]:
 
 def _setting(key: str, value: Any) -> Any:
     """`value` as the trainer means it: transformers turns names into str enums and "none" into [];
-    vLLM spells top_k "off" as -1 where transformers says 0."""
+    vLLM spells top_k "off" as -1 where transformers says 0; no generation_kwargs is None or {}."""
     value = getattr(value, "value", value)
     if key == "report_to" and value in ("none", ["none"]):
         return []
     if key == "top_k" and value == -1:
         return 0
+    if key == "generation_kwargs" and not value:
+        return None
     return value
 
 
