@@ -76,7 +76,7 @@ test-gpu: setup ## the GPU tests only (skip without CUDA)
 # One CUDA GPU, with the GPU stack (TRL, Unsloth) importable by $(PYTHON). BENCH_ARGS picks variants
 # and time (e.g. "--only grpo-product,grpo-unsloth --budget 470"); raw results and logs: .cache/bench/.
 BENCH_ARGS ?=
-bench: ## GRPO / SFT speed side by side on one GPU: plain TRL, Unsloth, the product (docs/benchmarks.md)
+bench: ## GRPO / SFT speed side by side on one GPU: plain TRL, Unsloth, each with vLLM, the product (docs/benchmarks.md)
 	PYTHONPATH=src$${PYTHONPATH:+:$$PYTHONPATH} $(PYTHON) benchmarks/bench_grpo.py $(BENCH_ARGS)
 
 lint: setup $(VENV)/.lint-installed ## ruff, shellcheck, hadolint, compose config

@@ -2,6 +2,7 @@
 
     make bench                                   # every variant, one GPU (results: docs/benchmarks.md)
     python benchmarks/bench_grpo.py --only grpo-product,grpo-unsloth --steps 3
+    python benchmarks/bench_grpo.py --only grpo-trl-vllm,grpo-unsloth-vllm --lanes 2   # vLLM rows, 2 GPUs
     python benchmarks/bench_grpo.py rollout      # the decode loop alone, with a kernel-time profile
 
 The workload: a Qwen3-4B-shaped model with random weights (hidden 2560, 36 layers, 32 heads, 8 KV
@@ -12,11 +13,16 @@ early, so the work is fixed), the recipe's sampling (temperature 1.0, min_p 0.1)
 8 x 1024 tokens. Prompts and the tokenizer are synthetic (one word per token id).
 
 Each variant runs in its own process (memory and library patches isolated; Unsloth patches TRL on
-import). A step is timed from one optimizer step's end to the next with the GPU synchronised;
+import), one at a time per GPU: `--lanes N` runs N variants at once, each alone on its own GPU.
+A step is timed from one optimizer step's end to the next with the GPU synchronised;
 the figure is the median after warm-up steps. Rollout time is TRL's `_generate` (tokenise, sample,
-decode); training is the rest of the step. Floors come from this GPU's measured copy bandwidth and
-bf16 matmul rate: a decode step must read every weight once, a training step must do the matmul
-FLOPs of forward + recompute (gradient checkpointing) + backward.
+decode; with TRL's vLLM also the push of the merged weights into vLLM); training is the rest of
+the step. The vLLM rows run vLLM colocated in the training process with BENCH_VLLM_SHARE (0.3) of
+the GPU's memory, which it takes whole at start (weights, then KV cache): their peak memory is that
+share, not what the work needs. "GPU GiB" is the device's own count (every allocator, vLLM's too)
+at step ends, less what was in use when the variant started. Floors come from this GPU's measured
+copy bandwidth and bf16 matmul rate: a decode step must read every weight once, a training step
+must do the matmul FLOPs of forward + recompute (gradient checkpointing) + backward.
 """
 
 from __future__ import annotations
@@ -28,6 +34,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -53,21 +60,35 @@ SFT_BATCH, SFT_LEN = 8, 1024
 EOS_ID, PAD_ID = 151643, 151654  # Qwen3's <|endoftext|>, and the pad unsloth/Qwen3-4B-Base declares
 if SMOKE:
     PROMPT_LEN, COMPLETION_LEN, SFT_LEN, EOS_ID, PAD_ID = 8, 8, 32, 2000, 2001
-VARIANTS = ["grpo-product", "grpo-unsloth", "grpo-trl", "sft-trl", "sft-unsloth"]
-MIN_SECONDS = {"grpo-product": 60, "grpo-unsloth": 150, "grpo-trl": 90, "sft-trl": 40, "sft-unsloth": 80}
+VARIANTS = ["grpo-product", "grpo-unsloth", "grpo-trl", "sft-trl", "sft-unsloth", "grpo-trl-vllm", "grpo-unsloth-vllm"]
+# Seconds a variant needs to finish (start included: vLLM's engine start was about 1-2 minutes).
+MIN_SECONDS = {
+    "grpo-product": 60,
+    "grpo-unsloth": 150,
+    "grpo-trl": 90,
+    "sft-trl": 40,
+    "sft-unsloth": 80,
+    "grpo-trl-vllm": 120,
+    "grpo-unsloth-vllm": 200,
+}
 DEFAULT_STEPS = {  # (warm-up, timed) steps: plain TRL takes about a minute a step, so it gets one
     "grpo-product": (2, 3),
     "grpo-unsloth": (1, 2),
     "grpo-trl": (0, 1),
     "sft-trl": (2, 3),
     "sft-unsloth": (2, 3),
+    "grpo-trl-vllm": (1, 2),
+    "grpo-unsloth-vllm": (1, 2),
 }
+VLLM_SHARE = float(os.environ.get("BENCH_VLLM_SHARE", "0.3"))  # colocated vLLM's share of GPU memory
 DEVICE_MAP = None if SMOKE else {"": 0}
 DTYPE = "float32" if SMOKE else "bfloat16"
 LABELS = {
     "grpo-trl": "TRL GRPOTrainer + PEFT (transformers generate)",
     "grpo-unsloth": "Unsloth defaults (no vLLM)",
     "grpo-product": "product: backend hf, rollout_engine fast",
+    "grpo-trl-vllm": f"TRL GRPOTrainer + PEFT, vLLM colocate ({VLLM_SHARE:.2f} of GPU memory)",
+    "grpo-unsloth-vllm": f"Unsloth defaults + vLLM (fast_inference, {VLLM_SHARE:.2f} of GPU memory)",
     "sft-trl": "TRL SFTTrainer + PEFT",
     "sft-unsloth": "Unsloth defaults",
 }
@@ -169,6 +190,17 @@ def peak(kind: str) -> float:
     return getattr(torch.cuda, f"max_memory_{kind}")() / 2**30
 
 
+def device_used() -> int:
+    """Bytes in use on this process's GPU by every allocator and process (0 without CUDA): torch's
+    counters miss memory that vLLM maps itself (sleep mode) and CUDA's own context."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return 0
+    free, total = torch.cuda.mem_get_info()
+    return total - free
+
+
 def print_profile(prof: Any, rows: int) -> None:
     """The kernels (and ops) that took the most device time, compactly."""
     events = sorted(prof.key_averages(), key=lambda e: e.self_device_time_total, reverse=True)
@@ -209,9 +241,10 @@ def profile_replays(graph: Any, what: str, reps: int) -> None:
 
 
 class Timer:
-    """Step end times (GPU synchronised) and the time spent in TRL's `_generate`."""
+    """Step end times (GPU synchronised), the time spent in TRL's `_generate`, and the GPU memory in
+    use at step ends beyond `device_base` (device_used() when the variant started)."""
 
-    def __init__(self) -> None:
+    def __init__(self, device_base: int = 0) -> None:
         import torch
         from transformers import TrainerCallback
 
@@ -233,6 +266,7 @@ class Timer:
             def on_step_end(self, args: Any, state: Any, *a: Any, **k: Any) -> None:
                 sync()
                 timer.ends.append(time.perf_counter())
+                timer.device_peak = max(timer.device_peak, device_used())
                 if timer.prof is not None:
                     timer.prof.__exit__(None, None, None)
                     print_profile(timer.prof, 40)
@@ -243,6 +277,8 @@ class Timer:
         self.callback = Callback()
         self.ends: list[float] = []
         self.rollouts: list[tuple[float, int]] = []  # (seconds, completion tokens)
+        self.device_base = device_base
+        self.device_peak = device_base
 
     def wrap_generate(self, trainer: Any) -> None:
         inner = trainer._generate
@@ -254,6 +290,7 @@ class Timer:
             out = inner(prompts)
             sync()
             self.rollouts.append((time.perf_counter() - t0, sum(len(c) for c in out[1])))
+            self.device_peak = max(self.device_peak, device_used())
             self._profile_kernels(True)
             return out
 
@@ -277,6 +314,7 @@ class Timer:
             "step_times": steps,
             "peak_gib": peak("allocated"),
             "reserved_gib": peak("reserved"),
+            "device_gib": (self.device_peak - self.device_base) / 2**30,
         }
         if rollouts:
             r_s = statistics.median(r for r, _ in rollouts)
@@ -296,13 +334,20 @@ class Timer:
 # Variants (each in its own process)
 
 
-def unsloth_lora_model(model_dir: Path, max_seq_length: int) -> tuple[Any, Any]:
-    """Unsloth's defaults for the peer rows: FastLanguageModel, the workload's LoRA, its checkpointing."""
+def unsloth_lora_model(model_dir: Path, max_seq_length: int, fast_inference: bool = False) -> tuple[Any, Any]:
+    """Unsloth's defaults for the peer rows: FastLanguageModel, the workload's LoRA, its checkpointing;
+    `fast_inference`: vLLM beside it (VLLM_SHARE of the GPU's memory) for the rollouts."""
     import torch
     from unsloth import FastLanguageModel
 
+    vllm = dict(gpu_memory_utilization=VLLM_SHARE, max_lora_rank=32) if fast_inference else {}
     model, tok = FastLanguageModel.from_pretrained(
-        str(model_dir), max_seq_length=max_seq_length, dtype=torch.bfloat16, load_in_4bit=False, fast_inference=False
+        str(model_dir),
+        max_seq_length=max_seq_length,
+        dtype=torch.bfloat16,
+        load_in_4bit=False,
+        fast_inference=fast_inference,
+        **vllm,
     )
     model = FastLanguageModel.get_peft_model(
         model,
@@ -319,15 +364,18 @@ def unsloth_lora_model(model_dir: Path, max_seq_length: int) -> tuple[Any, Any]:
 def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bool = False) -> dict[str, Any]:
     import torch
 
+    base = device_used()
     total = warmup + steps
     tmp = tempfile.mkdtemp(prefix="bench-grpo-")
     n_steps = total + 1 if profile else total
-    if variant == "grpo-unsloth":
-        model, tok = unsloth_lora_model(model_dir, PROMPT_LEN + COMPLETION_LEN)  # first: Unsloth patches TRL
+    vllm = dict(use_vllm=True, vllm_mode="colocate")
+    if variant in ("grpo-unsloth", "grpo-unsloth-vllm"):
+        fast = variant == "grpo-unsloth-vllm"
+        model, tok = unsloth_lora_model(model_dir, PROMPT_LEN + COMPLETION_LEN, fast)  # first: Unsloth patches TRL
         from trl import GRPOTrainer
 
-        cls, args = GRPOTrainer, grpo_args(tmp, n_steps)
-    elif variant == "grpo-trl":
+        cls, args = GRPOTrainer, grpo_args(tmp, n_steps, **(vllm if fast else {}))
+    elif variant in ("grpo-trl", "grpo-trl-vllm"):
         from peft import LoraConfig, get_peft_model
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from trl import GRPOTrainer
@@ -336,8 +384,14 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
         model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=getattr(torch, DTYPE), device_map=DEVICE_MAP)
         model = get_peft_model(model, LoraConfig(r=32, lora_alpha=64, lora_dropout=0.0, target_modules=TARGETS))
         cls = GRPOTrainer
+        if variant == "grpo-trl-vllm":  # vLLM loads its own copy of model_dir (the model's name_or_path)
+            vllm |= dict(vllm_gpu_memory_utilization=VLLM_SHARE, vllm_max_model_length=PROMPT_LEN + COMPLETION_LEN)
         args = grpo_args(
-            tmp, n_steps, gradient_checkpointing=True, gradient_checkpointing_kwargs={"use_reentrant": False}
+            tmp,
+            n_steps,
+            gradient_checkpointing=True,
+            gradient_checkpointing_kwargs={"use_reentrant": False},
+            **(vllm if variant == "grpo-trl-vllm" else {}),
         )
     else:  # the product: its own model loading (backend hf) and trainer class
         from trl import GRPOTrainer
@@ -357,7 +411,7 @@ def run_grpo(variant: str, model_dir: Path, warmup: int, steps: int, profile: bo
         cls.rollout_fuse = False
     if os.environ.get("BENCH_KERNELS") == "0":  # diagnostics: compiled glue + cuBLAS in the decode step
         cls.rollout_kernels = False
-    timer = Timer()
+    timer = Timer(base)
     timer.profile_step = total if profile else None  # one more step, profiled and not timed
     trainer = cls(
         model=model,
@@ -381,6 +435,7 @@ def run_sft(variant: str, model_dir: Path, warmup: int, steps: int) -> dict[str,
     import numpy as np
     import torch
 
+    base = device_used()
     total = warmup + steps
     rng = np.random.default_rng(0)
     data = datasets.Dataset.from_list(
@@ -415,7 +470,7 @@ def run_sft(variant: str, model_dir: Path, warmup: int, steps: int) -> dict[str,
         seed=3407,
         **extra,
     )
-    timer = Timer()
+    timer = Timer(base)
     trainer = SFTTrainer(
         model=model,
         args=args,
@@ -562,23 +617,25 @@ def table(results: dict[str, dict[str, Any]], fl: dict[str, float], c: dict[str,
     lines = [
         f"GPU: {c['gpu']}; measured copy {c['hbm_bytes_s'] / 1e12:.2f} TB/s, bf16 matmul {c['bf16_flops'] / 1e12:.0f} TFLOP/s",
         "",
-        "| GRPO variant | s/step | x floor | rollout tok/s | floor / this | training tok/s | floor / this | peak GiB | / weights |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| GRPO variant | s/step | x floor | rollout tok/s | floor / this | training tok/s | floor / this "
+        "| peak GiB | / weights | GPU GiB |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for v in ("grpo-trl", "grpo-unsloth", "grpo-product"):
+    for v in ("grpo-trl", "grpo-trl-vllm", "grpo-unsloth", "grpo-unsloth-vllm", "grpo-product"):
         r = results.get(v)
         if not r or "error" in r:
-            lines.append(f"| {LABELS[v]} | {r.get('error', 'not run') if r else 'not run'} |||||||")
+            lines.append(f"| {LABELS[v]} | {r.get('error', 'not run') if r else 'not run'} ||||||||")
             continue
+        device = f"{r['device_gib']:.1f}" if "device_gib" in r else "-"
         lines.append(
             f"| {LABELS[v]} | {r['s_per_step']:.2f} | {ratio(r['s_per_step'], fl['step_s'])} "
             f"| {r.get('rollout_tok_s', 0):,.0f} | {ratio(r.get('rollout_tok_s'), fl['rollout_tok_s'], True)} "
             f"| {r['train_tok_s']:,.0f} | {ratio(r['train_tok_s'], fl['train_tok_s'], True)} "
-            f"| {r['peak_gib']:.1f} | {ratio(r['peak_gib'], fl['weight_gib'])} |"
+            f"| {r['peak_gib']:.1f} | {ratio(r['peak_gib'], fl['weight_gib'])} | {device} |"
         )
     lines.append(
         f"| floor | {fl['step_s']:.2f} | 1.00x | {fl['rollout_tok_s']:,.0f} | 1.00x | {fl['train_tok_s']:,.0f} | 1.00x "
-        f"| {fl['weight_gib']:.1f} | 1.00x |"
+        f"| {fl['weight_gib']:.1f} | 1.00x | |"
     )
     lines += ["", "| SFT variant | tokens/s | floor / this | peak GiB |", "|---|---|---|---|"]
     for v in ("sft-trl", "sft-unsloth"):
@@ -592,12 +649,44 @@ def table(results: dict[str, dict[str, Any]], fl: dict[str, float], c: dict[str,
         )
     lines.append(f"| floor | {fl['sft_tok_s']:,.0f} | 1.00x | |")
     steps = ", ".join(f"{v} {r['warmup']}+{r['steps_timed']}" for v, r in results.items() if "warmup" in r)
-    lines += ["", f"warm-up + timed steps: {steps}"]
+    lines += ["", f"warm-up + timed steps: {steps}", f"versions: {c.get('versions', 'not recorded')}"]
     return "\n".join(lines)
 
 
 def _text(b: bytes | str | None) -> str:
     return b.decode(errors="replace") if isinstance(b, bytes) else (b or "")
+
+
+def versions() -> str:
+    """The stack's versions, read from package metadata (importing Unsloth or vLLM here would take a minute)."""
+    import importlib.metadata as md
+
+    def version(name: str) -> str:
+        try:
+            return md.version(name)
+        except md.PackageNotFoundError:
+            return "not installed"
+
+    names = ("torch", "transformers", "trl", "peft", "unsloth", "unsloth_zoo", "vllm", "bitsandbytes")
+    return ", ".join(f"{n} {version(n)}" for n in names)
+
+
+def run_variant(v: str, args: argparse.Namespace, left: float, gpu: int | None) -> dict[str, Any]:
+    """One variant in its own process (on GPU `gpu` alone, where given); its RESULT, or the error."""
+    warmup, steps = DEFAULT_STEPS[v]
+    cmd = [sys.executable, __file__, "run", v, "--model-dir", args.model_dir]
+    cmd += ["--warmup", str(warmup), "--steps", str(args.steps or steps)]
+    env = dict(os.environ) | ({"CUDA_VISIBLE_DEVICES": str(gpu)} if gpu is not None else {})
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, left), env=env)
+    except subprocess.TimeoutExpired as e:
+        proc = subprocess.CompletedProcess(cmd, -9, _text(e.stdout), _text(e.stderr) + "\ntimed out")
+    (Path(args.out).parent / f"{v}.log").write_text(proc.stdout + proc.stderr)
+    found = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if found:
+        return json.loads(found[-1]) | ({"gpu": gpu} if gpu is not None else {})
+    err = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
+    return {"error": f"failed (exit {proc.returncode}): {err}"}
 
 
 def run_all(args: argparse.Namespace) -> int:
@@ -607,7 +696,7 @@ def run_all(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     build_model(model_dir)
     print(f"model at {model_dir} ({time.perf_counter() - t0:.0f} s)", flush=True)
-    c = ceilings()
+    c = ceilings() | {"versions": versions()}
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
     fl = floors(c)
@@ -615,40 +704,33 @@ def run_all(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    for v in args.only.split(","):
-        warmup, steps = DEFAULT_STEPS[v]
-        steps = args.steps or steps
-        left = args.budget - (time.perf_counter() - start)
-        if left < MIN_SECONDS[v]:
-            results[v] = {"error": f"not run: {left:.0f} s of the --budget left"}
-            print(f"{v}: skipped, {left:.0f} s left", flush=True)
-            continue
-        cmd = [
-            sys.executable,
-            __file__,
-            "run",
-            v,
-            "--model-dir",
-            str(model_dir),
-            "--warmup",
-            str(warmup),
-            "--steps",
-            str(steps),
-        ]
-        t0 = time.perf_counter()
-        try:
-            proc = subprocess.run(cmd, capture_output=True, text=True, timeout=min(args.timeout, left))
-        except subprocess.TimeoutExpired as e:
-            proc = subprocess.CompletedProcess(cmd, -9, _text(e.stdout), _text(e.stderr) + "\ntimed out")
-        (out.parent / f"{v}.log").write_text(proc.stdout + proc.stderr)
-        found = [line[7:] for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
-        if found:
-            results[v] = json.loads(found[-1])
-        else:
-            err = (proc.stderr.strip().splitlines() or ["no output"])[-1][:120]
-            results[v] = {"error": f"failed (exit {proc.returncode}): {err}"}
-        print(f"{v}: {time.perf_counter() - t0:.0f} s wall: {json.dumps(results[v])}", flush=True)
-        out.write_text(json.dumps({"ceilings": c, "floors": fl, "results": results}, indent=1))
+    queue = args.only.split(",")  # in the order given: with --budget, the first ones are sure to run
+    lock = threading.Lock()
+
+    def lane(gpu: int | None) -> None:
+        while True:
+            with lock:
+                if not queue:
+                    return
+                v = queue.pop(0)
+            left = args.budget - (time.perf_counter() - start)
+            t0 = time.perf_counter()
+            if left < MIN_SECONDS[v]:
+                result = {"error": f"not run: {left:.0f} s of the --budget left"}
+            else:
+                result = run_variant(v, args, left, gpu)
+            with lock:
+                results[v] = result
+                print(f"{v}: {time.perf_counter() - t0:.0f} s wall: {json.dumps(result)}", flush=True)
+                out.write_text(json.dumps({"ceilings": c, "floors": fl, "results": results}, indent=1))
+
+    # One lane runs in this thread on the process's own GPU; several take GPU 0, 1, ... one each.
+    gpus = list(range(args.lanes)) if args.lanes > 1 else [None]
+    threads = [threading.Thread(target=lane, args=(g,)) for g in gpus]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     print(table(results, fl, c))
     return 0
 
@@ -666,6 +748,7 @@ def main() -> int:
     )
     ap.add_argument("--timeout", type=int, default=1200, help="seconds per variant")
     ap.add_argument("--budget", type=int, default=3600, help="seconds for all variants; later ones are skipped")
+    ap.add_argument("--lanes", type=int, default=1, help="variants run at once, each alone on its own GPU (0, 1, ...)")
     ap.add_argument("--out", default=os.environ.get("BENCH_OUT", ".cache/bench/bench_grpo.json"))
     args = ap.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")

@@ -4,4 +4,7 @@ import sys
 
 from trainer.cli import main
 
-sys.exit(main())
+# The guard matters where a library starts worker processes with `spawn` (vLLM can): each worker
+# imports this module again, as __mp_main__, and must not rerun the stage.
+if __name__ == "__main__":
+    sys.exit(main())

@@ -7,12 +7,14 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from trainer import distributed
 from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
 from trainer.generation import NEUTRAL_SAMPLING
+from trainer.models import vllm_memory_share
 from trainer.resilience.resume import check_resume
 from trainer.training import (
     check_backend,
@@ -36,6 +38,26 @@ def start_adapter(cfg: RunConfig) -> Path:
             "run the sft stage first (python -m trainer sft, or make sft) or set grpo.start_from=<adapter folder>."
         )
     return path
+
+
+def vllm_args(cfg: RunConfig, vllm: bool) -> dict[str, Any]:
+    """GRPOConfig's rollout settings from the recipe; `vllm`: rollouts go to vLLM (training.use_vllm)."""
+    g = cfg.grpo
+    return dict(
+        use_vllm=vllm,
+        vllm_mode=g.vllm_mode,
+        vllm_gpu_memory_utilization=vllm_memory_share(cfg),
+        # No rollout is longer than max_seq_length (prompt + completion). Unset, vLLM sizes its engine
+        # for the model's whole context (40960 tokens on Qwen3-4B) and will not start where its share
+        # of memory cannot cache one sequence that long.
+        vllm_max_model_length=cfg.model.max_seq_length,
+        vllm_importance_sampling_correction=g.vllm_importance_sampling_correction,
+        vllm_server_host=g.vllm_server_host,
+        vllm_server_port=g.vllm_server_port,
+        # vLLM takes its own sampling parameters (these names are transformers'): TRL's vLLM path
+        # gets none, and is not covered by this rule.
+        generation_kwargs=None if vllm else dict(NEUTRAL_SAMPLING),
+    )
 
 
 def main(cfg: RunConfig) -> Path:
@@ -78,16 +100,8 @@ def main(cfg: RunConfig) -> Path:
         scale_rewards=g.scale_rewards,
         mask_truncated_completions=g.mask_truncated_completions,
         reward_weights=g.reward_weights,
-        use_vllm=vllm,
-        vllm_importance_sampling_correction=g.vllm_importance_sampling_correction,
-        vllm_mode=g.vllm_mode,
-        vllm_gpu_memory_utilization=g.vllm_gpu_memory_utilization,
-        vllm_server_host=g.vllm_server_host,
-        vllm_server_port=g.vllm_server_port,
         log_completions=g.log_completions,
-        # vLLM takes its own sampling parameters (these names are transformers'): TRL's vLLM path
-        # gets none, and is not covered by this rule.
-        generation_kwargs=None if vllm else dict(NEUTRAL_SAMPLING),
+        **vllm_args(cfg, vllm),
     )
     args = GRPOConfig(**requested)
     reward_funcs = build_reward_funcs(g.reward_set, g.rewards, tokenizer.eos_token, g.reward_error_score)

@@ -27,6 +27,19 @@ def torch_dtype(cfg: ModelConfig) -> Any:
     return torch.float32
 
 
+# Colocated vLLM's share of GPU memory when grpo.vllm_gpu_memory_utilization is unset. Unsloth's
+# trainer runs on the weights vLLM loaded, so its share covers the one copy of the model and the KV
+# cache, and training needs only the rest (the reference recipe's 0.9). TRL's vLLM on the hf backend
+# loads a second copy beside the trainer's model, optimizer and activations (TRL's own default, 0.3).
+VLLM_MEMORY_SHARE = {"unsloth": 0.9, "hf": 0.3}
+
+
+def vllm_memory_share(cfg: RunConfig) -> float:
+    """The share of GPU memory (0-1] colocated vLLM may take: the recipe's, else the backend's default."""
+    share = cfg.grpo.vllm_gpu_memory_utilization
+    return VLLM_MEMORY_SHARE[cfg.backend] if share is None else share
+
+
 def resolve_model_path(cfg: ModelConfig, seed: int = 0) -> str:
     """The path or hub id to load; builds the tiny model first when the recipe asks for it."""
     if cfg.init == "tiny":

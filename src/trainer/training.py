@@ -23,6 +23,13 @@ def check_backend(cfg: RunConfig, optim: str) -> None:
     """Fail before loading anything when the machine cannot run this recipe."""
     import torch
 
+    if cfg.backend == "unsloth" and cfg.grpo.use_vllm and cfg.grpo.vllm_mode == "server":
+        # Unsloth's GRPO trainer rolls out with the vLLM engine it started (fast_inference) and
+        # silently resets vllm_mode to colocate, so a server would sit unused.
+        raise UserError(
+            "grpo.vllm_mode: server needs backend hf (backend unsloth runs vLLM inside the trainer); "
+            "use --set backend=hf, or --set grpo.vllm_mode=colocate."
+        )
     if cfg.backend == "unsloth" and not torch.cuda.is_available():
         raise UserError(
             "backend: unsloth needs a CUDA GPU and none is visible; use --set backend=hf to train on CPU, "
@@ -108,12 +115,14 @@ def report_overrides(args: Any, requested: dict[str, Any]) -> list[str]:
 
 def _setting(key: str, value: Any) -> Any:
     """`value` as the trainer means it: transformers turns names into str enums and "none" into [];
-    vLLM spells top_k "off" as -1 where transformers says 0."""
+    vLLM spells top_k "off" as -1 where transformers says 0; no generation_kwargs is None or {}."""
     value = getattr(value, "value", value)
     if key == "report_to" and value in ("none", ["none"]):
         return []
     if key == "top_k" and value == -1:
         return 0
+    if key == "generation_kwargs" and not value:
+        return None
     return value
 
 

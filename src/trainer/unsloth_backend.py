@@ -93,6 +93,26 @@ def rollouts_in_inference_mode(trainer: Any, cfg: RunConfig) -> None:
     log.info("GRPO rollouts: Unsloth's generate in inference mode (KV cache), back to training mode after")
 
 
+def from_pretrained_kwargs(cfg: RunConfig, name: str, fast_inference: bool, max_lora_rank: int) -> dict[str, Any]:
+    """FastLanguageModel.from_pretrained's arguments for the recipe's model `name` (a path or hub id).
+    `fast_inference` starts vLLM beside it, taking models.vllm_memory_share of the GPU's memory, with
+    LoRA up to rank `max_lora_rank` (vLLM serves adapters of that rank at most)."""
+    return dict(
+        model_name=name,
+        revision=cfg.model.revision,
+        max_seq_length=cfg.model.max_seq_length,
+        dtype=models.torch_dtype(cfg.model),
+        load_in_4bit=cfg.model.load_in_4bit,  # False: 16-bit LoRA, the recipe; True: QLoRA
+        trust_remote_code=cfg.model.trust_remote_code,
+        token=os.environ.get("HF_TOKEN"),
+        use_gradient_checkpointing=_gradient_checkpointing(cfg),
+        fast_inference=fast_inference,
+        gpu_memory_utilization=models.vllm_memory_share(cfg),
+        max_lora_rank=max_lora_rank,
+        random_state=cfg.seed,
+    )
+
+
 def _load_base(cfg: RunConfig, fast_inference: bool, max_lora_rank: int) -> tuple[Any, Any]:
     """FastLanguageModel.from_pretrained with the recipe's model settings, and the formatted tokenizer."""
     from unsloth import FastLanguageModel
@@ -100,18 +120,7 @@ def _load_base(cfg: RunConfig, fast_inference: bool, max_lora_rank: int) -> tupl
     name = models.resolve_model_path(cfg.model, cfg.seed)
     try:
         model, tokenizer = FastLanguageModel.from_pretrained(
-            model_name=name,
-            revision=cfg.model.revision,
-            max_seq_length=cfg.model.max_seq_length,
-            dtype=models.torch_dtype(cfg.model),
-            load_in_4bit=cfg.model.load_in_4bit,  # False: 16-bit LoRA, the recipe; True: QLoRA
-            trust_remote_code=cfg.model.trust_remote_code,
-            token=os.environ.get("HF_TOKEN"),
-            use_gradient_checkpointing=_gradient_checkpointing(cfg),
-            fast_inference=fast_inference,
-            gpu_memory_utilization=cfg.grpo.vllm_gpu_memory_utilization,
-            max_lora_rank=max_lora_rank,
-            random_state=cfg.seed,
+            **from_pretrained_kwargs(cfg, name, fast_inference, max_lora_rank)
         )
     except OSError as e:
         raise UserError(f"could not load the model '{name}': {e}") from None

@@ -94,7 +94,13 @@ class GRPOConfig:
     vllm_mode: Literal["colocate", "server"] = setting(
         "colocate", "vLLM in the trainer process, or a trl vllm-serve server."
     )
-    vllm_gpu_memory_utilization: float = setting(0.9, "Share of GPU memory vLLM may take (colocate).", gt=0, le=1)
+    vllm_gpu_memory_utilization: float | None = setting(
+        None,
+        "Share of GPU memory vLLM may take (colocate); default: 0.9 on backend unsloth (vLLM holds the "
+        "only copy of the weights), 0.3 on hf (TRL's: vLLM's copy sits beside the trainer's).",
+        gt=0,
+        le=1,
+    )
     vllm_server_host: str = setting(
         "0.0.0.0",
         "Host of the `trl vllm-serve` server (vllm_mode: server); 'vllm' is the compose service (docs/scaling.md).",

@@ -133,7 +133,9 @@ class FastGRPOTrainer(GRPOTrainer):
             return "the model is sharded (DeepSpeed / FSDP)"
         return unsupported_reason(self.accelerator.unwrap_model(self.model_wrapped))
 
-    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, has_tool_images=False):
+    def _generate_single_turn(self, prompt_ids, images, multimodal_fields, *args, **kwargs):
+        # The rest goes to TRL as given: TRL 1.14 passes has_tool_images, 1.15 num_generations first
+        # (the engine needs neither: TRL repeats each prompt per generation before this call).
         reason = self.fast_rollout_reason() if self._rollout_engine is None else None
         if reason is None and (images is not None or multimodal_fields):
             reason = "the prompts carry images"
@@ -142,7 +144,7 @@ class FastGRPOTrainer(GRPOTrainer):
                 level = logging.INFO if self.use_vllm else logging.WARNING
                 log.log(level, "fast rollouts off, TRL generates: %s", reason)
                 self._rollout_fallback = reason
-            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, has_tool_images)
+            return super()._generate_single_turn(prompt_ids, images, multimodal_fields, *args, **kwargs)
         sampling = Sampling(
             do_sample=True,
             temperature=self.temperature,
