@@ -8,6 +8,7 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from trainer import distributed
 from trainer.config import RunConfig, load_config
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--limit",
         type=_positive_int,
         metavar="N",
-        help="eval: at most N problems per dataset (same as --set eval.limit=N)",
+        help="eval: at most N problems per dataset (same as --set eval.limit=N); the report goes to "
+        "eval/report-limitN.{json,md}, leaving a full evaluation's report.{json,md} alone",
     )
     return p.parse_args(argv)
 
@@ -76,11 +78,22 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def demo(cfg: RunConfig, config_path: str) -> None:
-    """The whole pipeline on one config, then where everything went, and the evaluation table.
-    `config_path`: the recipe file, for the commands printed at the end."""
+def show_eval(cfg: RunConfig, report: dict[str, Any]) -> None:
+    """`trainer eval`'s output: the table (evaluate.main's report) and where its files are."""
     from trainer.report import markdown_report
-    from trainer.volume import stage_dir
+    from trainer.volume import eval_files
+
+    files = eval_files(cfg)
+    print(markdown_report(report))
+    print(f"\neval report: {files.report_json} and {files.report_md}; completions: {files.samples}")
+
+
+def demo(cfg: RunConfig, config_path: str) -> None:
+    """The whole pipeline on one config, then where everything went, and the evaluation table (once,
+    here at the end, not after the eval stage as well). `config_path`: the recipe file, for the
+    commands printed at the end."""
+    from trainer.report import markdown_report
+    from trainer.volume import eval_files, stage_dir
 
     t0 = time.time()
     sft = run_stage("sft", cfg)
@@ -93,7 +106,7 @@ def demo(cfg: RunConfig, config_path: str) -> None:
     print(f"  GRPO adapter: {_shown(grpo)}")
     print(f"  reward plot:  {_shown(run_dir / 'grpo' / 'rewards.png')}")
     print(f"  rollouts:     {_shown(run_dir / 'grpo' / 'completions.jsonl')}")
-    print(f"  eval report:  {_shown(run_dir / 'eval' / 'report.md')}")
+    print(f"  eval report:  {_shown(eval_files(cfg).report_md)}")
     config = "" if config_path == "configs/tiny.yaml" else f" CONFIG={config_path}"
     print(f"  TensorBoard:  RUNNER=local{config} make tensorboard   (then open http://localhost:6006)")
     print(f'  ask it:       RUNNER=local{config} make infer PROMPT="{cfg.infer.prompt}"')
@@ -133,7 +146,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.stage == "demo":
             demo(cfg, args.config)
         else:
-            run_stage(args.stage, cfg)
+            result = run_stage(args.stage, cfg)
+            if args.stage == "eval" and distributed.is_main_process():
+                show_eval(cfg, result)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code
