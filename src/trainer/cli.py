@@ -145,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=distributed.log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    # The root at INFO is for this package's lines; accelerate's INFO would come along, e.g. "The used
+    # dataset had no length ... drop the remainder yourself" at the end of a resumed epoch, which reads
+    # like a fault and is none: accelerate's warnings still show.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     ok = False
     try:
         code = _run(args)
