@@ -1,5 +1,7 @@
 # make help lists the targets. Stages run in the container by default (RUNNER=docker);
 # RUNNER=local runs them in .venv. CONFIG picks a recipe, SET="a.b=1 c=x" overrides keys.
+# SET splits at every space: a value with a list of mappings goes without spaces, keys in double
+# quotes, SET in single quotes: SET='eval.datasets=[{"name":gsm8k,"path":data/eval/gsm8k_test.jsonl}]'.
 .DEFAULT_GOAL := help
 SHELL := /bin/bash
 
@@ -51,6 +53,7 @@ COMPOSE_NODES = $(if $(filter-out 1,$(NNODES)),-f compose.yaml -f docker/compose
 help: ## list the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-z][a-z -]*:.*## / {printf "  make %-26s %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 	@echo "  variables: RUNNER=docker|local  CONFIG=configs/<recipe>.yaml  SET=\"a.b=1 c=x\"  PROMPT=\"...\"  RUN=<run_name>"
+	@echo "  SET splits at spaces; a list of mappings: SET='eval.datasets=[{\"name\":gsm8k,\"path\":data/eval/gsm8k_test.jsonl}]'"
 	@echo "  several GPUs / nodes: GPUS=N NNODES=M NODE_RANK=i MASTER_ADDR=host ACCELERATE_CONFIG=configs/accelerate/<ddp|zero2|zero3|fsdp2>.yaml"
 
 setup: $(VENV)/.installed ## create .venv with the CPU stack (torch 2.13.0 CPU)

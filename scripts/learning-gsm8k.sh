@@ -25,5 +25,6 @@ for stage in sft grpo eval; do
 done
 run_dir=${CHECKPOINT_DIR:-checkpoints}/$run
 if [ "$out" != "$run_dir" ]; then
-  cp "$run_dir"/eval/report.md "$run_dir"/eval/report.json "$run_dir"/grpo/rewards.png "$out"/ 2>/dev/null || true
+  # report*: a run with --set eval.limit=N writes report-limitN.{md,json}
+  cp "$run_dir"/eval/report*.md "$run_dir"/eval/report*.json "$run_dir"/grpo/rewards.png "$out"/ 2>/dev/null || true
 fi

@@ -239,9 +239,12 @@ def reward_window(state_file: Path, k: int = 10) -> dict[str, float]:
 
 
 def summary(args: argparse.Namespace, run_dir: Path, sets: list[str], seconds: float) -> str:
+    from trainer.config import load_config
     from trainer.report import markdown_report
+    from trainer.volume import eval_files
 
-    report = json.loads((run_dir / "eval/report.json").read_text())
+    # Where eval wrote for these settings: report-limitN.json when an override set eval.limit.
+    report = json.loads(eval_files(load_config("configs/tiny.yaml", sets)).report_json.read_text())
     states = sorted(
         (run_dir / "grpo/checkpoints").glob("checkpoint-*/trainer_state.json"),
         key=lambda p: int(p.parent.name.split("-")[1]),

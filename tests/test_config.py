@@ -193,23 +193,51 @@ def test_column_mapping_without_space_says_how() -> None:
     )
 
 
-@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
-def test_column_mapping_through_make_set() -> None:
-    """The documented form goes through the Makefile's SET splitting and the CLI's parser intact."""
-    from trainer.cli import parse_args
-
-    sets = "grpo.dataset.columns.prompt=question grpo.dataset.columns.answer=final eval.limit=3"
+def make_args(target: str, sets: str) -> list[str]:
+    """The arguments `make TARGET SET=...` passes to `python -m trainer` (make -n, split as the shell does)."""
     res = subprocess.run(
-        ["make", "-n", "-s", "demo", f"SET={sets}", "VENV=/nonexistent-venv"],
+        ["make", "-n", "-s", target, "RUNNER=local", f"SET={sets}", "VENV=/nonexistent-venv"],
         cwd=ROOT,
         capture_output=True,
         text=True,
         check=True,
     )
-    [line] = [ln for ln in res.stdout.splitlines() if " -m trainer demo " in ln]
-    args = parse_args(shlex.split(line)[3:])  # after "/nonexistent-venv/bin/python -m trainer"
+    [line] = [ln for ln in res.stdout.splitlines() if f" -m trainer {target} " in ln]
+    return shlex.split(line)[3:]  # after "/nonexistent-venv/bin/python -m trainer"
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_column_mapping_through_make_set() -> None:
+    """The documented form goes through the Makefile's SET splitting and the CLI's parser intact."""
+    from trainer.cli import parse_args
+
+    args = parse_args(
+        make_args("demo", "grpo.dataset.columns.prompt=question grpo.dataset.columns.answer=final eval.limit=3")
+    )
     cfg = load_config(ROOT / args.config, args.overrides)
     assert cfg.grpo.dataset.columns == {"answer": "final", "prompt": "question"} and cfg.eval.limit == 3
+
+
+@pytest.mark.skipif(shutil.which("make") is None, reason="needs make")
+def test_list_of_mappings_through_make_set(capsys: pytest.CaptureFixture) -> None:
+    """The form the Makefile help and the error give (no spaces, keys quoted) arrives whole; one with
+    spaces, which make cuts at each space, stops with that form (exit 2) before anything loads."""
+    from trainer.cli import WHOLE_VALUE, main, parse_args
+
+    sets = WHOLE_VALUE.removeprefix("SET='").removesuffix("'")
+    args = parse_args(make_args("eval", f"{sets} eval.limit=5"))
+    cfg = load_config(ROOT / args.config, args.overrides)
+    assert [(d.name, d.path, d.answer_format) for d in cfg.eval.datasets] == [
+        ("gsm8k", "data/eval/gsm8k_test.jsonl", "gsm8k")
+    ] and cfg.eval.limit == 5
+
+    assert main(make_args("eval", "eval.datasets=[{name: gsm8k, path: data/eval/gsm8k_test.jsonl}]")) == 2
+    err = capsys.readouterr().err
+    assert err == (
+        "error: --set 'eval.datasets=[{name:' is not a whole value: make's SET splits at every space. Write the "
+        f"value without spaces, keys in double quotes, SET in single quotes: {WHOLE_VALUE} (without make: quote "
+        "the whole --set argument).\n"
+    )
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="needs make")

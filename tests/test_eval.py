@@ -4,6 +4,7 @@ generation, the report, the reward plot, and `trainer eval --limit` on the tiny 
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -193,7 +194,15 @@ def test_fast_engine_generation_equals_generate(tiny_model_dir: Path, monkeypatc
     assert [len(g) for g in sampled] == [3, 3, 3] and all(1 <= c.num_tokens <= 8 for g in sampled for c in g)
 
 
-def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture) -> None:
+def test_eval_stage_with_limit_flag(
+    volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A quick check (--limit) writes report-limitN.* beside a full evaluation and leaves it alone."""
+    full = {name: f"a full evaluation's {name}\n" for name in ("report.json", "report.md", "samples.jsonl", "run.json")}
+    evals = volume / "tiny/eval"
+    evals.mkdir(parents=True)
+    for name, text in full.items():
+        (evals / name).write_text(text)
     args = ["eval", "--config", "configs/tiny.yaml", "--limit", "3"]
     args += ["--set", f"model.name={tiny_model_dir}", "--set", "eval.max_new_tokens=8", "--set", "eval.num_samples=2"]
     datasets = ", ".join(
@@ -204,9 +213,13 @@ def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: 
         ]
     )
     args += ["--set", f"eval.datasets=[{datasets}]"]
-    assert main(args) == 0
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
     out = capsys.readouterr().out
-    report = json.loads((volume / "tiny/eval/report.json").read_text())
+    assert {name: (evals / name).read_text() for name in full} == full
+    assert f"eval.limit 3 (at most 3 problems of each dataset): {evals / 'report-limit3.md'}; " in caplog.text
+    assert f"the full evaluation in {evals / 'report.md'} is left as it was" in caplog.text
+    report = json.loads((evals / "report-limit3.json").read_text())
     # No adapters on this volume: the base model alone, on every dataset of the recipe.
     assert [(r["dataset"], r["model"], r["n"]) for r in report["results"]] == [
         ("heldout", "base", 3),
@@ -220,9 +233,13 @@ def test_eval_stage_with_limit_flag(volume: Path, tiny_model_dir: Path, capsys: 
         note in report["settings"]["sampling_note"]
         and "rollouts' settings (min_p 0.1)" in report["settings"]["sampling_note"]
     )
-    assert note[1:] in (volume / "tiny/eval/report.md").read_text()
-    assert "| heldout | base | 3 |" in out and (volume / "tiny/eval/report.md").read_text().startswith("| dataset |")
-    samples = [json.loads(line) for line in (volume / "tiny/eval/samples.jsonl").read_text().splitlines()]
+    text = (evals / "report-limit3.md").read_text()
+    assert text.startswith("| dataset |") and note[1:] in text
+    assert "A quick check (eval.limit): at most the first 3 problems of each dataset." in text
+    assert out.count("| dataset |") == 1 and "| heldout | base | 3 |" in out
+    assert f"eval report: {evals / 'report-limit3.json'} and {evals / 'report-limit3.md'}; " in out
+    assert json.loads((evals / "run-limit3.json").read_text())["report"] == str(evals / "report-limit3.json")
+    samples = [json.loads(line) for line in (evals / "samples-limit3.jsonl").read_text().splitlines()]
     assert len(samples) == 9 and {"question", "answer", "completion", "extracted", "correct"} <= set(samples[0])
     # The random base model never emits EOS within 8 tokens.
     assert all(r["truncation_rate"] == 1.0 and r["mean_completion_tokens"] == 8 for r in report["results"])

@@ -202,7 +202,7 @@ def test_gsm8k_recipe_end_to_end_on_a_tiny_gguf(tiny_gguf, volume: Path, capsys)
     tokenizer = AutoTokenizer.from_pretrained(run / "sft/adapter")
     assert tokenizer.eos_token == "<|im_end|>"  # the GGUF's EOS, saved with the adapter
     assert (run / "grpo/adapter/adapter_model.safetensors").is_file()
-    report = (run / "eval/report.json").read_text()
+    report = (run / "eval/report-limit2.json").read_text()
     for dataset in ("gsm8k", "math500"):
         for model in ("base", "sft", "grpo"):
             assert f'"dataset": "{dataset}"' in report and f'"model": "{model}"' in report

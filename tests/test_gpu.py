@@ -99,7 +99,7 @@ def test_unsloth_pipeline_and_plain_reload(
     assert (volume / "tiny/grpo/rewards.png").is_file()
 
     stage("eval", unsloth_overrides, logs)
-    report = json.loads((volume / "tiny/eval/report.json").read_text())
+    report = json.loads((volume / "tiny/eval/report-limit4.json").read_text())
     assert {(r["dataset"], r["model"]) for r in report["results"]} == {("heldout", m) for m in ("base", "sft", "grpo")}
     assert all(r["mean_completion_tokens"] > 0 for r in report["results"])
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,7 @@ def test_sft_grpo_eval_infer_export(volume: Path, tiny_overrides: list[str], mon
 
     capsys.readouterr()
     assert run("eval", tiny_overrides) == 0
-    report = json.loads((volume / "tiny/eval/report.json").read_text())
+    report = json.loads((volume / "tiny/eval/report-limit4.json").read_text())
     assert {(r["dataset"], r["model"]) for r in report["results"]} == {("heldout", m) for m in ("base", "sft", "grpo")}
     assert all(r["n"] == 4 and 0 <= r["pass@1_greedy"] <= 1 for r in report["results"])
     assert "| heldout | grpo | 4 |" in capsys.readouterr().out
@@ -55,6 +56,18 @@ def test_sft_grpo_eval_infer_export(volume: Path, tiny_overrides: list[str], mon
 
     written = [p for p in volume.rglob("*") if p.is_file() and p.suffix in {".json", ".md", ".txt", ".jinja", ""}]
     assert written and not [p for p in written if SECRET in p.read_text(errors="ignore")]
+
+
+def test_demo_prints_the_table_once_and_where_eval_wrote(volume: Path, tiny_overrides, capsys, caplog) -> None:
+    """The table comes once, in the closing summary (the eval stage's own print is for `trainer eval`),
+    and the summary names the report eval wrote: with eval.limit, report-limit4.md, not a full report."""
+    with caplog.at_level(logging.INFO):
+        assert run("demo", tiny_overrides) == 0
+    out = capsys.readouterr().out
+    assert out.count("| dataset |") == 1 and out.index("demo finished") < out.index("| dataset |")
+    evals = volume / "tiny/eval"
+    assert f"  eval report:  {evals / 'report-limit4.md'}\n" in out and (evals / "report-limit4.md").is_file()
+    assert not (evals / "report.md").exists() and "no full evaluation yet" in caplog.text
 
 
 def test_grpo_adapter_loads_with_plain_transformers_and_peft(volume: Path, tiny_overrides, tiny_model_dir) -> None:

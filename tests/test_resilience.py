@@ -293,6 +293,20 @@ def test_sft_resume_refuses_other_settings_and_a_finished_stage_changes_nothing(
 
 
 @pytest.mark.slow
+def test_sft_resumed_mid_epoch_logs_no_accelerate_noise(volume: Path, sft_args: list[str], caplog) -> None:
+    """Resumed mid-epoch, the Trainer skips the epoch's first batches by index (accelerate's
+    skip_first_batches: nothing re-read or re-tokenized). At that epoch's end accelerate logged "The
+    used dataset had no length ... drop the remainder yourself" once per gathered metric: no fault,
+    but read as one (a slow resume was blamed on it)."""
+    args = [*sft_args, "sft.dataset.limit=24"]  # 3 batches of 8 an epoch: step 3 ends the resumed epoch
+    assert run("sft", args) == 0
+    with caplog.at_level(logging.INFO):
+        assert run("sft", [*args, "sft.max_steps=4"]) == 0
+    assert f"resuming from {volume / 'tiny/sft/checkpoints/checkpoint-2'}" in caplog.text
+    assert sft_state(volume)[0] == 4 and "had no length" not in caplog.text
+
+
+@pytest.mark.slow
 def test_grpo_rerun_of_a_finished_stage_changes_nothing(
     volume: Path, grpo_args: list[str], capsys: pytest.CaptureFixture
 ) -> None:

@@ -8,9 +8,10 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from trainer import distributed
-from trainer.config import RunConfig, load_config
+from trainer.config import ConfigError, RunConfig, load_config
 from trainer.errors import UserError
 
 STAGES = ("sft", "grpo", "eval", "infer", "export", "demo")
@@ -34,7 +35,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--limit",
         type=_positive_int,
         metavar="N",
-        help="eval: at most N problems per dataset (same as --set eval.limit=N)",
+        help="eval: at most N problems per dataset (same as --set eval.limit=N); the report goes to "
+        "eval/report-limitN.{json,md}, leaving a full evaluation's report.{json,md} alone",
     )
     return p.parse_args(argv)
 
@@ -43,6 +45,30 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
+
+
+# A list of mappings that survives make's SET, which splits at every space (README, Makefile help).
+WHOLE_VALUE = """SET='eval.datasets=[{"name":gsm8k,"path":data/eval/gsm8k_test.jsonl,"answer_format":gsm8k}]'"""
+
+
+def check_whole(overrides: list[str]) -> None:
+    """Stop on a --set value that opens a YAML list or mapping and does not close it: a value cut at
+    a space, as make's SET cuts `eval.datasets=[{name: a, path: b}]` into `eval.datasets=[{name:`,
+    `a,`, ... (an unquoted shell argument likewise). Raises ConfigError naming the form that works."""
+    import yaml
+
+    for item in overrides:
+        raw = item.partition("=")[2].lstrip()
+        if raw[:1] not in ("[", "{"):
+            continue
+        try:
+            yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(
+                f"--set '{item}' is not a whole value: make's SET splits at every space. Write the value "
+                f"without spaces, keys in double quotes, SET in single quotes: {WHOLE_VALUE} "
+                "(without make: quote the whole --set argument)."
+            ) from None
 
 
 def run_stage(stage: str, cfg: RunConfig) -> object:
@@ -76,11 +102,22 @@ def _shown(path: Path) -> str:
         return str(path)
 
 
-def demo(cfg: RunConfig, config_path: str) -> None:
-    """The whole pipeline on one config, then where everything went, and the evaluation table.
-    `config_path`: the recipe file, for the commands printed at the end."""
+def show_eval(cfg: RunConfig, report: dict[str, Any]) -> None:
+    """`trainer eval`'s output: the table (evaluate.main's report) and where its files are."""
     from trainer.report import markdown_report
-    from trainer.volume import stage_dir
+    from trainer.volume import eval_files
+
+    files = eval_files(cfg)
+    print(markdown_report(report))
+    print(f"\neval report: {files.report_json} and {files.report_md}; completions: {files.samples}")
+
+
+def demo(cfg: RunConfig, config_path: str) -> None:
+    """The whole pipeline on one config, then where everything went, and the evaluation table (once,
+    here at the end, not after the eval stage as well). `config_path`: the recipe file, for the
+    commands printed at the end."""
+    from trainer.report import markdown_report
+    from trainer.volume import eval_files, stage_dir
 
     t0 = time.time()
     sft = run_stage("sft", cfg)
@@ -93,7 +130,7 @@ def demo(cfg: RunConfig, config_path: str) -> None:
     print(f"  GRPO adapter: {_shown(grpo)}")
     print(f"  reward plot:  {_shown(run_dir / 'grpo' / 'rewards.png')}")
     print(f"  rollouts:     {_shown(run_dir / 'grpo' / 'completions.jsonl')}")
-    print(f"  eval report:  {_shown(run_dir / 'eval' / 'report.md')}")
+    print(f"  eval report:  {_shown(eval_files(cfg).report_md)}")
     config = "" if config_path == "configs/tiny.yaml" else f" CONFIG={config_path}"
     print(f"  TensorBoard:  RUNNER=local{config} make tensorboard   (then open http://localhost:6006)")
     print(f'  ask it:       RUNNER=local{config} make infer PROMPT="{cfg.infer.prompt}"')
@@ -108,6 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=distributed.log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
+    # The root at INFO is for this package's lines; accelerate's INFO would come along, e.g. "The used
+    # dataset had no length ... drop the remainder yourself" at the end of a resumed epoch, which reads
+    # like a fault and is none: accelerate's warnings still show.
+    logging.getLogger("accelerate").setLevel(logging.WARNING)
     ok = False
     try:
         code = _run(args)
@@ -122,6 +163,7 @@ def _run(args: argparse.Namespace) -> int:
         from dotenv import load_dotenv
 
         load_dotenv(os.environ.get("TRAINER_ENV_FILE", ".env"), override=False)
+        check_whole(args.overrides)
         limit = [f"eval.limit={args.limit}"] if args.limit is not None else []
         cfg = load_config(args.config, [*args.overrides, *limit])
         if args.prompt is not None:  # taken as-is, not parsed as YAML like --set values
@@ -133,7 +175,9 @@ def _run(args: argparse.Namespace) -> int:
         if args.stage == "demo":
             demo(cfg, args.config)
         else:
-            run_stage(args.stage, cfg)
+            result = run_stage(args.stage, cfg)
+            if args.stage == "eval" and distributed.is_main_process():
+                show_eval(cfg, result)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

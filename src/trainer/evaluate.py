@@ -5,7 +5,9 @@ for the base model and this run's SFT and GRPO adapters side by side.
 
 Answers are checked by `trainer.answers` (extract_solution, answers_equivalent, follows_format):
 the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
-Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored).
+Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored);
+with eval.limit N, eval/report-limitN.json etc., leaving a full evaluation's files alone
+(volume.eval_files).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import json
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +27,7 @@ from trainer.errors import UserError
 from trainer.format import prompt_messages
 from trainer.generation import Completion, generate
 from trainer.report import markdown_report, stderr
-from trainer.volume import find_adapter, stage_dir, write_run_record
+from trainer.volume import eval_files, find_adapter, stage_dir, write_run_record
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +111,7 @@ def settings(e: EvalConfig, seed: int, rollout_min_p: float | None = None) -> di
         "top_p": 1.0,
         "min_p": None,
         "seed": seed,
+        "limit": e.limit,
         "sampling_note": (
             f"sampled pass@1 draws with temperature {e.temperature}, top_k {e.top_k}, top_p 1, no min_p "
             f"(eval.temperature / eval.top_k), not the GRPO rollouts' settings ({rollouts}): the usual "
@@ -188,13 +192,18 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     # Launched on several processes (make demo under accelerate), each evaluates alike; one writes.
     if not distributed.is_main_process():
         return report
-    out = stage_dir(cfg, "eval")
-    out.mkdir(parents=True, exist_ok=True)
-    text = markdown_report(report)
-    _write(out / "report.json", json.dumps(report, indent=2) + "\n")
-    _write(out / "report.md", text + "\n")
-    _write(out / "samples.jsonl", "".join(json.dumps(s) + "\n" for s in samples))
-    write_run_record(cfg, "eval", report=str(out / "report.json"))
-    print(text)
-    print(f"\neval report: {out / 'report.json'} and {out / 'report.md'}; completions: {out / 'samples.jsonl'}")
+    files = eval_files(cfg)
+    files.report_json.parent.mkdir(parents=True, exist_ok=True)
+    _write(files.report_json, json.dumps(report, indent=2) + "\n")
+    _write(files.report_md, markdown_report(report) + "\n")
+    _write(files.samples, "".join(json.dumps(s) + "\n" for s in samples))
+    write_run_record(cfg, "eval", files.record, report=str(files.report_json))
+    if e.limit:
+        full = eval_files(replace(cfg, eval=replace(e, limit=None))).report_md
+        kept = (
+            f"the full evaluation in {full} is left as it was"
+            if full.is_file()
+            else "no full evaluation yet (eval without --limit / eval.limit writes report.md)"
+        )
+        log.info("eval.limit %d (at most %d problems of each dataset): %s; %s", e.limit, e.limit, files.report_md, kept)
     return report

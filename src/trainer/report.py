@@ -317,6 +317,8 @@ def markdown_report(report: dict[str, Any]) -> str:
                 f"(temperature {s['temperature']}, top_k {s['top_k']}, seed {s['seed']})"
             )
         lines += ["", f"{how}, at most {s['max_new_tokens']} new tokens; ± is one standard error over problems."]
+        if s.get("limit"):
+            lines += ["", f"A quick check (eval.limit): at most the first {s['limit']} problems of each dataset."]
         if s["num_samples"] and s.get("sampling_note"):
             lines += ["", s["sampling_note"][0].upper() + s["sampling_note"][1:] + "."]
     return "\n".join(lines)

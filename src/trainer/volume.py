@@ -5,7 +5,8 @@
         sft/run.json            resolved config, package versions, git commit
         grpo/checkpoints/       periodic, resumable trainer checkpoints
         grpo/adapter/           the final GRPO adapter
-        eval/report.json, eval/report.md
+        eval/report.json, eval/report.md, eval/samples.jsonl
+        eval/report-limitN.*    a quick check on the first N problems (eval.limit); the full report stays
 
 A stage writes its adapter into a temporary folder and renames it into place, so a killed stage
 never leaves a half-written adapter that a later stage would load. The previous adapter is kept
@@ -25,6 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +46,28 @@ def checkpoint_root() -> Path:
 
 def stage_dir(cfg: RunConfig, stage: str) -> Path:
     return checkpoint_root() / cfg.run_name / stage
+
+
+@dataclass(frozen=True)
+class EvalFiles:
+    """What one `trainer eval` writes in <run>/eval/."""
+
+    report_json: Path
+    report_md: Path
+    samples: Path  # every scored greedy completion, one JSON object a line
+    record: Path  # the run record: config, versions, commit
+
+
+def eval_files(cfg: RunConfig) -> EvalFiles:
+    """Where `trainer eval` writes for this config. With eval.limit N (a quick check on the first N
+    problems of each dataset) the names carry `-limitN` (report-limitN.md, ...), so that a limited
+    run never overwrites a full evaluation; a dataset's own `limit` is part of the recipe and leaves
+    the names alone."""
+    tag = f"-limit{cfg.eval.limit}" if cfg.eval.limit else ""
+    out = stage_dir(cfg, "eval")
+    return EvalFiles(
+        out / f"report{tag}.json", out / f"report{tag}.md", out / f"samples{tag}.jsonl", out / f"run{tag}.json"
+    )
 
 
 def is_adapter(path: Path) -> bool:
@@ -126,9 +150,9 @@ def git_commit() -> str | None:
     return os.environ.get("TRAINER_GIT_COMMIT") or None
 
 
-def write_run_record(cfg: RunConfig, stage: str, **extra: Any) -> Path:
-    """The resolved config, versions and commit, next to the stage's artifacts. No secrets: the
-    config holds none, and no environment variables are recorded."""
+def write_run_record(cfg: RunConfig, stage: str, path: Path | None = None, **extra: Any) -> Path:
+    """The resolved config, versions and commit, next to the stage's artifacts (`path`, by default
+    <stage>/run.json). No secrets: the config holds none, and no environment variables are recorded."""
     record = {
         "stage": stage,
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -138,7 +162,7 @@ def write_run_record(cfg: RunConfig, stage: str, **extra: Any) -> Path:
         "config": to_dict(cfg),
         **extra,
     }
-    path = stage_dir(cfg, stage) / "run.json"
+    path = path or stage_dir(cfg, stage) / "run.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
