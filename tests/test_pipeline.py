@@ -97,3 +97,18 @@ def test_grpo_without_sft_adapter_is_a_clear_error(volume: Path, tiny_overrides,
     err = capsys.readouterr().err
     assert err.startswith("error: grpo starts from an SFT adapter and none was found") and "make sft" in err
     assert err.count("\n") == 1
+
+
+def test_first_run_trains_as_every_later_run(volume: Path, tiny_overrides: list[str], tmp_path: Path) -> None:
+    """The run that builds the tiny model on first use trains exactly as a rerun of the same command
+    that finds it built: building it must not draw from the run's seeded random stream."""
+    from safetensors.torch import load_file
+
+    fresh = [o for o in tiny_overrides if not o.startswith("model.name=")] + [f"model.name={tmp_path / 'new-tiny'}"]
+    adapters = []
+    for name in ("first", "again"):
+        assert run("sft", [*fresh, f"run_name={name}"]) == 0
+        adapters.append(load_file(volume / name / "sft/adapter/adapter_model.safetensors"))
+    first, again = adapters
+    assert first.keys() == again.keys()
+    assert all(first[k].equal(again[k]) for k in first)

@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from trainer import distributed
-from trainer.config import ConfigError, RunConfig, load_config
-from trainer.errors import UserError
+from trainer.config import RunConfig, load_config
+from trainer.errors import ConfigError, UserError
 
 STAGES = ("sft", "grpo", "eval", "infer", "export", "demo")
 log = logging.getLogger("trainer")

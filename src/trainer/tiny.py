@@ -89,6 +89,8 @@ def build_model(vocab_size: int, seed: int = 0, **shape: int):
 
 def ensure_tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:
     """Build the tiny model at `path` unless it is already there. Atomic: built aside, then renamed."""
+    import torch
+
     dest = Path(path)
     if (dest / "config.json").is_file():
         return dest
@@ -96,9 +98,13 @@ def ensure_tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
     try:
-        tokenizer = build_tokenizer()
-        model = build_model(len(tokenizer) - 1, seed)  # all but the pad row (see PAD)
-        model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
+        # On a random stream of its own: the stage that builds the model on first use has seeded
+        # torch already, and drawing the weights from that stream made the first run on a fresh
+        # volume train differently (another LoRA init) from every later run of the same command.
+        with torch.random.fork_rng(devices=[]):
+            tokenizer = build_tokenizer()
+            model = build_model(len(tokenizer) - 1, seed)  # all but the pad row (see PAD)
+            model.resize_token_embeddings(len(tokenizer), mean_resizing=False)
         model.config.eos_token_id = tokenizer.eos_token_id
         model.config.pad_token_id = tokenizer.pad_token_id
         model.generation_config.eos_token_id = tokenizer.eos_token_id
