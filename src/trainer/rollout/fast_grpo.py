@@ -4,7 +4,9 @@ Four things change. `_generate_single_turn`, where TRL calls `model.generate` on
 transformers path, samples with the engine instead; where the engine does not apply (vLLM, TRL's
 paged generation, images, repetition penalty or extra generation kwargs, DeepSpeed / FSDP
 sharding, a model the engine does not support), the call goes to TRL unchanged and the reason is
-logged once. The training step runs PEFT's LoRA layers through `lean_lora` (below), the same
+logged once (the grpo stage refuses an FSDP / DeepSpeed launch before loading anything:
+`distributed.check_rollout_engine`). Under DDP each process rolls out on its own GPU, from the
+model inside the DDP wrapper, whose LoRA weights the optimizer updates in place. The training step runs PEFT's LoRA layers through `lean_lora` (below), the same
 sum without PEFT's float32 round trip; and on a GPU, the decoder's RMSNorms, SwiGLU product and
 rotary embedding through `compiled_glue` (below), the same operations as fused kernels. The
 loss's log-probabilities come from TRL's chunked LM-head path (`chunked_logps`), so no
