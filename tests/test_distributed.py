@@ -211,16 +211,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _start(stage: str, overrides: list[str], volume: Path, log: Path, engine: str = "ddp") -> subprocess.Popen:
-    """`python -m trainer.launch ... -m trainer <stage>` on 2 processes, its output to `log`."""
+def _start(
+    stage: str, overrides: list[str], volume: Path, log: Path, engine: str = "ddp", script_args: list[str] | None = None
+) -> subprocess.Popen:
+    """`python -m trainer.launch ... -m trainer <stage>` on 2 processes, its output to `log`;
+    with `script_args`, `stage` is a script to launch with them instead."""
+    what = [stage, *script_args] if script_args is not None else [
+        "-m", "trainer", stage, "--config", "configs/tiny.yaml", *[a for o in overrides for a in ("--set", o)]
+    ]  # fmt: skip
     cmd = [
         sys.executable, "-m", "trainer.launch",
         "--config_file", str(ROOT / f"configs/accelerate/{engine}.yaml"),
         "--num_processes", "2",
         "--main_process_ip", "127.0.0.1",
         "--main_process_port", str(_free_port()),
-        "-m", "trainer", stage, "--config", "configs/tiny.yaml",
-        *[a for o in overrides for a in ("--set", o)],
+        *what,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -246,10 +251,18 @@ def _kill(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
-def _launch(stage: str, overrides: list[str], volume: Path, engine: str = "ddp", code: int = 0) -> str:
-    """Launch `stage` on 2 processes and wait; returns its output, fails the test unless it exits with `code`."""
-    log = volume.parent / f"{stage}-{_free_port()}.log"
-    proc = _start(stage, overrides, volume, log, engine)
+def _launch(
+    stage: str,
+    overrides: list[str],
+    volume: Path,
+    engine: str = "ddp",
+    code: int = 0,
+    script_args: list[str] | None = None,
+) -> str:
+    """Launch `stage` (see `_start`) on 2 processes and wait; returns its output, fails the test unless
+    it exits with `code`."""
+    log = volume.parent / f"{Path(stage).stem}-{_free_port()}.log"
+    proc = _start(stage, overrides, volume, log, engine, script_args)
     try:
         proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
@@ -315,6 +328,47 @@ def test_sft_and_grpo_on_two_processes(volume: Path, tiny_overrides: list[str], 
     assert out.count(f"resuming from {run / 'grpo/checkpoints/checkpoint-2'}") == 1
     record = json.loads((run / "grpo/run.json").read_text())
     assert record["global_step"] == 3 and record["num_processes"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast rollouts under DDP
+
+# Run by the launcher on each of 2 processes: FastGRPOTrainer (DDP-wrapped by accelerate) trains 3
+# steps with large updates from random rewards; the main process prints each step's gap between the
+# engine's sampling log-probs and the loss's (gathered over both processes: mean of means, max of maxes).
+_GAP_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import torch
+from test_rollout import grpo_trainer, lora_model
+model, tok = lora_model(sys.argv[1], torch.float32, "cpu")
+trainer = grpo_trainer(model, tok, sys.argv[2], learning_rate=5e-2, max_steps=3, lr_scheduler_type="constant",
+                       bf16=False)
+trainer.train()
+assert trainer._rollout_engine is not None and type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
+if trainer.accelerator.is_main_process:
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    print("GAPS", json.dumps([(h["sampling/sampling_logp_difference/max"], h["grad_norm"]) for h in logs]))
+from trainer import distributed
+distributed.close(True)  # as the CLI ends
+"""
+
+
+@pytest.mark.slow
+def test_each_process_rolls_out_from_the_adapter_being_trained(volume: Path, tiny_model_dir: Path) -> None:
+    """Under DDP each process's engine reads the LoRA weights the optimizer updated in place: the
+    largest per-token gap between sampling and loss log-probs over both processes stays at float32
+    rounding after updates that move it well above 1e-2 when an engine keeps a stale adapter
+    (tests/test_rollout.py, the single-process stale case)."""
+    probe = volume.parent / "gap_probe.py"
+    probe.write_text(_GAP_PROBE)
+    out = _launch(
+        str(probe), [], volume, script_args=[str(tiny_model_dir), str(volume.parent / "out"), str(ROOT / "tests")]
+    )
+    (line,) = [x for x in out.splitlines() if x.startswith("GAPS ")]
+    steps = json.loads(line.removeprefix("GAPS "))
+    assert len(steps) == 3 and all(norm > 0 for _, norm in steps), steps  # every step updated the adapter
+    assert max(gap for gap, _ in steps) < 1e-4, steps
 
 
 # ---------------------------------------------------------------------------------------------
