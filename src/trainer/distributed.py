@@ -131,8 +131,8 @@ def check_rollout_engine(cfg: RunConfig) -> None:
         return
     raise ConfigError(
         f"grpo.rollout_engine: fast runs under DDP only (it reads the whole model on every GPU), and this launch "
-        f"uses {engine}; launch with configs/accelerate/ddp.yaml where the model fits one GPU, or set "
-        f"{override('grpo.rollout_engine=trl')} (TRL's generate) to keep {engine}."
+        f"uses {engine}; launch with configs/accelerate/ddp.yaml where the model fits one GPU, or keep {engine} "
+        f"with TRL's generate: {override('grpo.rollout_engine=trl')}."
     )
 
 

@@ -10,8 +10,8 @@ differ from `accelerate launch` itself, whose process launcher is torchrun's:
   a traceback whatever the processes said. A process killed by a signal gives 128 + its number.
 - **SIGTERM / SIGINT** (`docker stop`, a scheduler's preemption, Ctrl-C) go on to every process
   once, and the launcher waits for them: each finishes its step and saves, as a single process
-  does. torchrun's own handling kills the processes 30 s after it passes the signal on (a fixed
-  limit before torch 2.12), less than one GRPO step of a 4B model may take, which then leaves no
+  does. torchrun's own handling kills the processes 30 s after it passes the signal on (its
+  default), less than one GRPO step of a 4B model and its checkpoint may take, which then leaves no
   checkpoint. A second signal is passed on too: the processes then stop at once, without saving.
 """
 
