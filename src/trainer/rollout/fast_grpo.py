@@ -104,16 +104,24 @@ class FastGRPOTrainer(GRPOTrainer):
         what the loss computes, so on-policy the gap is rounding (bf16: about 1e-2); rollouts from
         stale weights (an adapter update the engine missed) show up as a gap of the update's size."""
         sampled, logps = inputs.get("sampling_per_token_logps"), self._loss_logps
-        if sampled is None or logps is None or sampled.shape != logps.shape:
+        if sampled is None or logps is None:  # the same on every process: no gather is missed
             return
-        delta = (sampled - logps).abs()[inputs["completion_mask"].bool()]
-        delta = delta[~torch.isnan(delta)]
-        if delta.numel() == 0:
+        stats = torch.full((2,), float("nan"), device=logps.device)
+        if sampled.shape == logps.shape:
+            delta = (sampled - logps).abs()[inputs["completion_mask"].bool()]
+            delta = delta[~torch.isnan(delta)]
+            if delta.numel():
+                stats = torch.stack([delta.mean(), delta.max()]).float()
+        # Every process gathers, also one with nothing to report (NaN): a gather that some processes
+        # skip would leave the others waiting in it.
+        gathered = self.accelerator.gather(stats).view(-1, 2)
+        if torch.isnan(gathered[:, 0]).all():
             return
         mode = "train" if self.model.training else "eval"
-        gathered = self.accelerator.gather(torch.stack([delta.mean(), delta.max()]).float()).view(-1, 2)
-        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(gathered[:, 0].mean().item())
-        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(gathered[:, 1].max().item())
+        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(gathered[:, 0].nanmean().item())
+        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(
+            gathered[:, 1].nan_to_num(-1.0).max().item()
+        )
 
     def training_step(self, model, inputs, num_items_in_batch):
         with contextlib.ExitStack() as stack:
