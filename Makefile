@@ -27,7 +27,7 @@ STAGE_ARGS = --config $(CONFIG) $(foreach s,$(SET),--set '$(s)')
 export TRAINER_PROMPT := $(value PROMPT)
 
 # More than one process (GPUS per node x NNODES nodes): sft and grpo run under `accelerate launch`
-# with ACCELERATE_CONFIG (ddp, zero2, zero3, fsdp2 in configs/accelerate/); each node runs the same
+# (through trainer.launch, which keeps the stages' exit codes and stop signals) with ACCELERATE_CONFIG (ddp, zero2, zero3, fsdp2 in configs/accelerate/); each node runs the same
 # command with its NODE_RANK and node 0's MASTER_ADDR / MASTER_PORT. docs/scaling.md has the details.
 GPUS ?= 1
 NNODES ?= 1
@@ -40,7 +40,7 @@ ACCELERATE_ARGS =
 sft grpo: ACCELERATE_ARGS = $(if $(filter-out 1,$(PROCESSES)),--config_file $(ACCELERATE_CONFIG) \
 	--num_processes $(PROCESSES) --num_machines $(NNODES) --machine_rank $(NODE_RANK) \
 	--main_process_ip $(MASTER_ADDR) --main_process_port $(MASTER_PORT))
-LAUNCH = $(if $(ACCELERATE_ARGS),accelerate launch $(ACCELERATE_ARGS),python) -m trainer
+LAUNCH = $(if $(ACCELERATE_ARGS),python -m trainer.launch $(ACCELERATE_ARGS),python) -m trainer
 # The container takes the same flags through its entry point; CUDA_VISIBLE_DEVICES (GPUs left to the
 # trainer beside a vLLM server) goes in with them.
 DOCKER_LAUNCH = $(if $(ACCELERATE_ARGS),-e TRAINER_ACCELERATE_ARGS="$(strip $(ACCELERATE_ARGS))") \

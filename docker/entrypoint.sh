@@ -79,9 +79,10 @@ if [[ "${TRAINER_REQUIRE_GPU:-1}" != "0" ]]; then
 fi
 check_volume
 # Several processes (make GPUS=N / NNODES=M, docs/scaling.md): the Makefile hands over the
-# `accelerate launch` flags, which hold no spaces inside a flag.
+# `accelerate launch` flags, which hold no spaces inside a flag. trainer.launch is accelerate launch
+# with the stages' exit codes, and it lets docker stop's SIGTERM reach every process for a checkpoint.
 if [[ -n "${TRAINER_ACCELERATE_ARGS:-}" ]]; then
     read -r -a accelerate_args <<<"${TRAINER_ACCELERATE_ARGS}"
-    exec accelerate launch "${accelerate_args[@]}" -m trainer "${stage}" "$@"
+    exec python -m trainer.launch "${accelerate_args[@]}" -m trainer "${stage}" "$@"
 fi
 exec python -m trainer "${stage}" "$@"

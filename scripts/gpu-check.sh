@@ -25,12 +25,19 @@
 #   scripts/gpu-check.sh vllm-bench [OUT] make bench's GRPO rows on the reference workload in one
 #                                        table: TRL + vLLM colocate, Unsloth + vLLM, the product's fast
 #                                        engine, Unsloth without vLLM (2 GPUs: two rows at a time)
+#   scripts/gpu-check.sh scale   [OUT]   two GPUs (docs/scaling.md): GRPO on the Qwen3-4B-shaped model
+#                                        on 1 GPU, then 2 GPUs under DDP (same per-GPU batch, fast
+#                                        rollouts on each GPU), SIGTERM during a 2-GPU run and its
+#                                        resume, FSDP2 GRPO, SFT on 2 GPUs; s/step, tokens/s, scaling
+#                                        efficiency and checks in a table at the end (about 9 minutes;
+#                                        SCALE_PARTS picks runs, SCALE_BUDGET_S caps the whole,
+#                                        SCALE_SETS adds overrides to every run)
 # Where the Python stack is not installed on the host, a packed site-packages is unpacked into /tmp
 # and put on PYTHONPATH first, if present: .device/site.tar.xz (TRL, Unsloth; /tmp/site), or for the
 # vllm modes .device/vllm.tar.xz (vLLM, TRL, Unsloth, bitsandbytes; /tmp/vsite; built by
 # scripts/device-vllm-site.sh). Logs go to OUT (/tmp/gpu-check).
 set -euo pipefail
-what=${1:?usage: scripts/gpu-check.sh tests|bench4b|fastpath|speed|vllm|vllm-bench [OUT]}
+what=${1:?usage: scripts/gpu-check.sh tests|bench4b|fastpath|speed|vllm|vllm-bench|scale [OUT]}
 out=${2:-/tmp/gpu-check}
 mkdir -p "$out"
 export PYTHONPATH=$PWD/src PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 TOKENIZERS_PARALLELISM=false
@@ -237,8 +244,157 @@ vllm-bench)
     --lanes "$((gpus >= 2 ? 2 : 1))" --budget "${VLLM_BENCH_S:-500}" --timeout 420 \
     --model-dir /tmp/bench-qwen3-4b --out "$out/bench_grpo.json" 2>&1 | tee "$out/bench.log"
   ;;
+scale)
+  # Every run goes through the product's own entry points (python -m trainer, and python -m
+  # trainer.launch as make GPUS=2 runs it) with a time cap each, so one hang does not eat the call.
+  # Each run's output: OUT/<run>.log, nvidia-smi per-GPU memory OUT/<run>.smi.csv.
+  budget_end=$((SECONDS + ${SCALE_BUDGET_S:-520}))
+  q4b_model >/dev/null
+  export CHECKPOINT_DIR=/tmp/q4b/scale
+  mkdir -p "$CHECKPOINT_DIR"
+  # Earlier runs go (each run here starts fresh); the decode kernels' tile choices (.tuning) stay.
+  find "$CHECKPOINT_DIR" -mindepth 1 -maxdepth 1 ! -name .tuning -exec rm -rf {} +
+  steps=${SCALE_STEPS:-4}  # step 1 compiles and captures; the table times the steps after it
+  extra=()  # SCALE_SETS="key=value ...": more overrides for every run (e.g. grpo.optim=adamw_torch)
+  for kv in ${SCALE_SETS:-}; do extra+=(--set "$kv"); done
+  grpo=(grpo --config configs/qwen3-4b.yaml "${q4b_sets[@]}" "${extra[@]}" --set backend=hf --set grpo.use_vllm=false
+        --set grpo.start_from=/tmp/q4b/adapter --set "grpo.per_device_train_batch_size=${SCALE_BATCH:-4}"
+        --set "grpo.max_completion_length=${SCALE_COMPLETION:-512}"
+        --set "grpo.max_steps=$steps" --set "grpo.save_steps=$steps")
+  # FSDP2 runs TRL's generate (the fast engine runs under DDP only), which gathers every layer's
+  # shards for each token: shorter completions keep it inside the call. adamw_torch: bitsandbytes'
+  # 8-bit optimizers are not known to work on FSDP2's sharded (DTensor) parameters.
+  trl=(--set grpo.rollout_engine=trl --set "grpo.max_completion_length=${SCALE_TRL_COMPLETION:-128}")
+  fsdp_optim=(--set "grpo.optim=${SCALE_FSDP_OPTIM:-adamw_torch}")
+  sft=(sft --config configs/qwen3-4b.yaml "${extra[@]}" --set model.name=/tmp/q4b/model --set "report_to=[]" --set backend=hf
+       --set sft.dataset.path=src/trainer/sample_data/sft.jsonl --set sft.logging_steps=1
+       --set "sft.max_steps=$((steps + 2))" --set "sft.save_steps=$((steps + 2))")
+  port=29400  # run() moves it on for each run: a port the last run used may not be free yet
+  # one / two run as run()'s background job: exec, so that run() signals the launcher itself, not a
+  # shell around it (which would die and leave the processes running without the signal).
+  two() {  # two ENGINE ARGS...: the stage on both GPUs under configs/accelerate/ENGINE.yaml
+    local engine=$1; shift
+    exec "$py" -m trainer.launch --config_file "configs/accelerate/$engine.yaml" --num_processes 2 \
+      --main_process_ip 127.0.0.1 --main_process_port "$port" -m trainer "$@"
+  }
+  one() { CUDA_VISIBLE_DEVICES=0 exec "$py" -m trainer "$@"; }
+  declare -A rc
+  rows=()  # the runs of this call, for the table: SLUG:ENGINE:STAGE_DIR (benchmarks/scale_summary.py)
+  # run SLUG CAP_S CMD...: CMD with its log and memory trace in OUT; SIGTERM once OUT/SLUG.log
+  # shows $stop_at (if set); past CAP_S (or the call's budget) SIGTERM, 20 s later SIGKILL to it
+  # and the processes it started (torchrun puts each in a session of its own). Fails only where
+  # too little of the call's time is left to start CMD.
+  run() {
+    local slug=$1 cap=$2; shift 2
+    local left=$((budget_end - SECONDS))
+    ((cap <= left)) || cap=$left
+    if ((cap < 40)); then
+      echo "$slug: not run, the call's time is spent" | tee "$out/$slug.log"
+      rc[$slug]=skipped
+      return 1
+    fi
+    port=$((port + 1))
+    nvidia-smi --query-gpu=index,memory.used --format=csv,noheader,nounits -l 1 >"$out/$slug.smi.csv" &
+    local smi=$! t=$SECONDS kids="" signalled=0 code=0
+    "$@" >"$out/$slug.log" 2>&1 &
+    local pid=$!
+    while kill -0 "$pid" 2>/dev/null; do
+      sleep 1
+      if [ -n "${stop_at:-}" ] && ((signalled == 0)) && grep -q "$stop_at" "$out/$slug.log"; then
+        kill -TERM "$pid"
+        signalled=$SECONDS
+        echo "$slug: SIGTERM to the launcher $((SECONDS - t)) s in, once the log showed '$stop_at'"
+      fi
+      if ((SECONDS - t > cap)) && [ -z "$kids" ]; then
+        kids="$(pgrep -P "$pid" | tr '\n' ' ' || true) "  # the space: not empty once past the cap
+        echo "$slug: still running after $cap s; SIGTERM"
+        kill -TERM "$pid" 2>/dev/null || true
+      elif ((SECONDS - t > cap + 20)); then
+        # shellcheck disable=SC2086  # the ids, one word each
+        kill -KILL "$pid" $kids 2>/dev/null || true
+      fi
+    done
+    wait "$pid" || code=$?
+    kill "$smi" 2>/dev/null || true
+    rc[$slug]=$code
+    local after=""
+    ((signalled == 0)) || after=", $((SECONDS - signalled)) s after SIGTERM"
+    echo "$slug: exit $code after $((SECONDS - t)) s$after"
+  }
+  d=$CHECKPOINT_DIR
+  term_steps=$((steps + 4))  # room after the signal: it lands a step or two after step 1
+  for part in ${SCALE_PARTS:-one two term fsdp2 sft2 one-trl}; do
+    case $part in
+    one)
+      run grpo-1gpu 170 one "${grpo[@]}" --set run_name=one &&
+        rows+=("grpo-1gpu:single:$d/one/grpo")
+      ;;
+    two)
+      run grpo-2gpu-ddp 170 two ddp "${grpo[@]}" --set run_name=two &&
+        rows+=("grpo-2gpu-ddp:ddp:$d/two/grpo")
+      ;;
+    term)
+      # Both processes finish the step they are in, save once, exit 143; the same command resumes both.
+      term=("${grpo[@]}" --set run_name=term --set "grpo.max_steps=$term_steps" --set grpo.save_steps=1000)
+      if stop_at="step 1/$term_steps" run grpo-2gpu-sigterm 170 two ddp "${term[@]}"; then
+        # What the stop left, before the rerun adds to it: each checkpoint's files.
+        for c in "$d"/term/grpo/checkpoints/checkpoint-*; do
+          if [ -d "$c" ]; then echo "$(basename "$c"): $(find "$c" -mindepth 1 -maxdepth 1 -printf '%f\n' | sort | tr '\n' ' ')"; fi
+        done >"$out/sigterm-checkpoints.txt"
+        run grpo-2gpu-resume 150 two ddp "${term[@]}" || true
+      fi
+      ;;
+    fsdp2)
+      run grpo-2gpu-fsdp2 200 two fsdp2 "${grpo[@]}" "${trl[@]}" "${fsdp_optim[@]}" --set run_name=fsdp2 &&
+        rows+=("grpo-2gpu-fsdp2:fsdp2:$d/fsdp2/grpo")
+      ;;
+    one-trl)
+      run grpo-1gpu-trl 150 one "${grpo[@]}" "${trl[@]}" "${fsdp_optim[@]}" --set run_name=one-trl &&
+        rows+=("grpo-1gpu-trl:single:$d/one-trl/grpo")
+      ;;
+    sft2)
+      run sft-2gpu-ddp 150 two ddp "${sft[@]}" --set run_name=sft2 &&
+        rows+=("sft-2gpu-ddp:ddp:$d/sft2/sft")
+      ;;
+    sft1)
+      run sft-1gpu 150 one "${sft[@]}" --set run_name=sft1 &&
+        rows+=("sft-1gpu:single:$d/sft1/sft")
+      ;;
+    *) echo "unknown part '$part' of SCALE_PARTS; use one two term fsdp2 one-trl sft2 sft1" >&2 ;;
+    esac
+  done
+
+  echo
+  echo "== versions and GPUs"
+  cat "$out/gpu.txt"
+  echo "== runs (exit codes: 0 done, 143 stopped by SIGTERM after saving, 124/137: cut by the cap)"
+  for slug in "${!rc[@]}"; do echo "$slug: ${rc[$slug]}"; done | sort
+  echo "== throughput (docs/scaling.md reads this table)"
+  if ((${#rows[@]})); then
+    "$py" benchmarks/scale_summary.py "$out" "${rows[@]}" --pair grpo-1gpu grpo-2gpu-ddp \
+      --pair grpo-1gpu-trl grpo-2gpu-fsdp2 --pair sft-1gpu sft-2gpu-ddp | tee "$out/summary.md"
+  fi
+  if [ -f "$out/grpo-2gpu-sigterm.log" ]; then
+    echo "== SIGTERM during 2-GPU GRPO (expected: launcher 143, two stop lines naming one step N, exactly"
+    echo "   checkpoint-N with manifest.json and both rng_state files), then the same command (0, resumes from N)"
+    echo "launcher exit: ${rc[grpo-2gpu-sigterm]:-}"
+    echo "stop lines, by step:"
+    grep -o "grpo stopped by SIGTERM after step [0-9]*/[0-9]*" "$out/grpo-2gpu-sigterm.log" | sort | uniq -c || true
+    echo "checkpoints after the stop:"
+    sed 's/^/  /' "$out/sigterm-checkpoints.txt" 2>/dev/null || true
+    grep -h -o -E "launcher: .*|Received [0-9]+ death signal.*|Unable to shutdown.*|forcefully.*" "$out/grpo-2gpu-sigterm.log" | head -5 || true
+    echo "rerun exit: ${rc[grpo-2gpu-resume]:-}; $(grep -h -o "resuming from .*" "$out/grpo-2gpu-resume.log" || echo "no resume line")"
+    grep -h -o '"global_step": [0-9]*' "$d/term/grpo/run.json" 2>/dev/null | sed 's/^/run.json /' || true
+  fi
+  echo "== where things went wrong (the first lines that say so in each log)"
+  for log in "$out"/*.log; do
+    bad=$(grep -E "Traceback|Error|error:|without a CUDA graph|fast rollouts off" "$log" | grep -v "stopped by SIGTERM" \
+      | head -3 | cut -c1-240 || true)
+    if [ -n "$bad" ]; then printf '%s:\n%s\n' "$(basename "$log")" "$bad"; fi
+  done
+  ;;
 *)
-  echo "unknown check '$what'; use tests, bench4b, fastpath, speed, vllm or vllm-bench" >&2
+  echo "unknown check '$what'; use tests, bench4b, fastpath, speed, vllm, vllm-bench or scale" >&2
   exit 2
   ;;
 esac

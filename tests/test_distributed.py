@@ -1,30 +1,37 @@
 """Several processes through `accelerate launch`: DDP on CPU (gloo), the shipped accelerate configs,
-and GRPO's batch geometry for any process count.
+GRPO's batch geometry for any process count, and what may run under which engine.
 
-The launch test is the real thing: `accelerate launch --config_file configs/accelerate/ddp.yaml
---num_processes 2 -m trainer ...` in a subprocess. ACCELERATE_USE_CPU=true is what `--cpu` would
-export; `--cpu` itself cannot be used, as accelerate then starts one process (several CPU processes
-need mpirun there), so the DDP config's torchrun launcher starts them and the variable makes
-them join one gloo process group instead of each training alone. MASTER_PORT is a free port.
+The launch tests are the real thing: `python -m trainer.launch --config_file
+configs/accelerate/ddp.yaml --num_processes 2 -m trainer ...` (accelerate launch, as `make GPUS=2`
+runs it) in a subprocess. ACCELERATE_USE_CPU=true is what `--cpu` would export; `--cpu` itself
+cannot be used, as accelerate then starts one process (several CPU processes need mpirun there), so
+the DDP config's torchrun launcher starts them and the variable makes them join one gloo process
+group instead of each training alone. MASTER_PORT is a free port.
+
+FSDP does not run on CPU: accelerate keeps a CPU launch as DDP whatever its config says, so an FSDP
+run here would test DDP under another name; only the refusal below (before anything loads) can.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from trainer.cli import main
 from trainer.config import load_config
-from trainer.distributed import check_batch_geometry, num_processes
+from trainer.distributed import check_batch_geometry, check_rollout_engine, num_processes
 from trainer.errors import ConfigError, UserError
+from trainer.resilience import checkpoints, verify_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
@@ -148,6 +155,44 @@ def test_grpo_checks_the_geometry_before_loading_anything(volume: Path, capsys) 
     assert not volume.exists() or not any(p.is_file() and p.name != ".lock" for p in volume.rglob("*"))
 
 
+# The environment `accelerate launch` sets for an engine, recipe overrides, the engine named in the refusal
+ROLLOUT_ENGINES = [
+    ({}, [], None),
+    ({"ACCELERATE_USE_FSDP": "true"}, [], "FSDP"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "2"}, [], "DeepSpeed ZeRO-2"),
+    ({"ACCELERATE_USE_DEEPSPEED": "true", "ACCELERATE_DEEPSPEED_ZERO_STAGE": "3"}, [], "DeepSpeed ZeRO-3"),
+    ({"ACCELERATE_USE_FSDP": "true"}, ["grpo.rollout_engine=trl"], None),
+    ({"ACCELERATE_USE_FSDP": "true"}, ["grpo.use_vllm=true"], None),
+    ({"ACCELERATE_USE_FSDP": "true"}, ["backend=unsloth"], None),
+]
+
+
+@pytest.mark.parametrize(("env", "overrides", "refused"), ROLLOUT_ENGINES)
+def test_fast_rollouts_run_under_ddp_only(
+    env: dict[str, str], overrides: list[str], refused: str | None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cfg = load_config(None, overrides)
+    if refused is None:
+        check_rollout_engine(cfg)
+        return
+    with pytest.raises(ConfigError) as err:
+        check_rollout_engine(cfg)
+    msg = str(err.value)
+    assert msg.startswith("grpo.rollout_engine: fast runs under DDP only") and f"uses {refused};" in msg
+    assert "configs/accelerate/ddp.yaml" in msg and "--set grpo.rollout_engine=trl" in msg
+
+
+def test_grpo_refuses_fast_rollouts_under_fsdp_before_loading_anything(
+    volume: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    assert main(["grpo", "--config", "configs/tiny.yaml", "--set", "model.name=/nonexistent"]) == 2
+    assert capsys.readouterr().err.startswith("error: grpo.rollout_engine: fast runs under DDP only")
+    assert not volume.exists() or not any(p.is_file() and p.name != ".lock" for p in volume.rglob("*"))
+
+
 def test_processes_that_did_not_join_one_group_stop(monkeypatch: pytest.MonkeyPatch) -> None:
     # A launcher said 2 processes, but accelerate found no group to join (a CPU machine without
     # ACCELERATE_USE_CPU): each would train alone and write the same volume.
@@ -166,17 +211,21 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(stage: str, overrides: list[str], volume: Path, processes: int = 2) -> str:
-    """`accelerate launch ... -m trainer <stage>`; returns its output, fails the test on a non-zero exit."""
-    accelerate = Path(sys.executable).parent / "accelerate"
+def _start(
+    stage: str, overrides: list[str], volume: Path, log: Path, engine: str = "ddp", script_args: list[str] | None = None
+) -> subprocess.Popen:
+    """`python -m trainer.launch ... -m trainer <stage>` on 2 processes, its output to `log`;
+    with `script_args`, `stage` is a script to launch with them instead."""
+    what = [stage, *script_args] if script_args is not None else [
+        "-m", "trainer", stage, "--config", "configs/tiny.yaml", *[a for o in overrides for a in ("--set", o)]
+    ]  # fmt: skip
     cmd = [
-        str(accelerate), "launch",
-        "--config_file", str(ROOT / "configs/accelerate/ddp.yaml"),
-        "--num_processes", str(processes),
+        sys.executable, "-m", "trainer.launch",
+        "--config_file", str(ROOT / f"configs/accelerate/{engine}.yaml"),
+        "--num_processes", "2",
         "--main_process_ip", "127.0.0.1",
         "--main_process_port", str(_free_port()),
-        "-m", "trainer", stage, "--config", "configs/tiny.yaml",
-        *[a for o in overrides for a in ("--set", o)],
+        *what,
     ]  # fmt: skip
     env = {
         **os.environ,
@@ -188,17 +237,39 @@ def _launch(stage: str, overrides: list[str], volume: Path, processes: int = 2) 
         "CHECKPOINT_DIR": str(volume),
         "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), os.environ.get("PYTHONPATH")])),
     }
-    # A session of its own, so that a timeout ends the workers torchrun started too.
-    proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
-    )
+    with log.open("w") as f:
+        return subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=f, stderr=subprocess.STDOUT)
+
+
+def _kill(proc: subprocess.Popen) -> None:
+    """Kill the launcher and the processes it started (torchrun puts each in a session of its own)."""
+    import psutil
+
+    for child in psutil.Process(proc.pid).children(recursive=True):
+        child.kill()
+    proc.kill()
+    proc.wait()
+
+
+def _launch(
+    stage: str,
+    overrides: list[str],
+    volume: Path,
+    engine: str = "ddp",
+    code: int = 0,
+    script_args: list[str] | None = None,
+) -> str:
+    """Launch `stage` (see `_start`) on 2 processes and wait; returns its output, fails the test unless
+    it exits with `code`."""
+    log = volume.parent / f"{Path(stage).stem}-{_free_port()}.log"
+    proc = _start(stage, overrides, volume, log, engine, script_args)
     try:
-        out, _ = proc.communicate(timeout=300)
+        proc.wait(timeout=300)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        out, _ = proc.communicate()
-        pytest.fail(f"{stage} on {processes} processes timed out:\n{out[-3000:]}")
-    assert proc.returncode == 0, f"{stage} on {processes} processes failed:\n{out[-4000:]}"
+        _kill(proc)
+        pytest.fail(f"{stage} on 2 processes timed out:\n{log.read_text()[-3000:]}")
+    out = log.read_text()
+    assert proc.returncode == code, f"{stage} on 2 processes exited {proc.returncode}:\n{out[-4000:]}"
     return out
 
 
@@ -257,3 +328,111 @@ def test_sft_and_grpo_on_two_processes(volume: Path, tiny_overrides: list[str], 
     assert out.count(f"resuming from {run / 'grpo/checkpoints/checkpoint-2'}") == 1
     record = json.loads((run / "grpo/run.json").read_text())
     assert record["global_step"] == 3 and record["num_processes"] == 2
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast rollouts under DDP
+
+# Run by the launcher on each of 2 processes: FastGRPOTrainer (DDP-wrapped by accelerate) trains 3
+# steps with large updates from random rewards; the main process prints each step's gap between the
+# engine's sampling log-probs and the loss's (gathered over both processes: mean of means, max of maxes).
+_GAP_PROBE = """
+import json, sys
+sys.path.insert(0, sys.argv[3])
+import torch
+from test_rollout import grpo_trainer, lora_model
+model, tok = lora_model(sys.argv[1], torch.float32, "cpu")
+trainer = grpo_trainer(model, tok, sys.argv[2], learning_rate=5e-2, max_steps=3, lr_scheduler_type="constant",
+                       bf16=False)
+trainer.train()
+assert trainer._rollout_engine is not None and type(trainer.model_wrapped).__name__ == "DistributedDataParallel"
+if trainer.accelerator.is_main_process:
+    logs = [h for h in trainer.state.log_history if "loss" in h]
+    print("GAPS", json.dumps([(h["sampling/sampling_logp_difference/max"], h["grad_norm"]) for h in logs]))
+from trainer import distributed
+distributed.close(True)  # as the CLI ends
+"""
+
+
+@pytest.mark.slow
+def test_each_process_rolls_out_from_the_adapter_being_trained(volume: Path, tiny_model_dir: Path) -> None:
+    """Under DDP each process's engine reads the LoRA weights the optimizer updated in place: the
+    largest per-token gap between sampling and loss log-probs over both processes stays at float32
+    rounding after updates that move it well above 1e-2 when an engine keeps a stale adapter
+    (tests/test_rollout.py, the single-process stale case)."""
+    probe = volume.parent / "gap_probe.py"
+    probe.write_text(_GAP_PROBE)
+    out = _launch(
+        str(probe), [], volume, script_args=[str(tiny_model_dir), str(volume.parent / "out"), str(ROOT / "tests")]
+    )
+    (line,) = [x for x in out.splitlines() if x.startswith("GAPS ")]
+    steps = json.loads(line.removeprefix("GAPS "))
+    assert len(steps) == 3 and all(norm > 0 for _, norm in steps), steps  # every step updated the adapter
+    assert max(gap for gap, _ in steps) < 1e-4, steps
+
+
+# ---------------------------------------------------------------------------------------------
+# Stopping two processes, and the launcher's exit code
+
+
+@pytest.mark.slow
+def test_sigterm_to_the_launcher_stops_both_processes_after_one_step_and_the_rerun_resumes(
+    volume: Path, tiny_overrides: list[str], sft_volume: Path
+) -> None:
+    """`docker stop` / a scheduler's SIGTERM reaches the launcher only: both processes finish the
+    same step, one checkpoint is written, the launcher exits 143 (README's code), and the same
+    command resumes both from that checkpoint to the end."""
+    # save_steps above max_steps: any checkpoint is the signal's. A tiny step takes well under a
+    # second, so 30 steps leave the signal time to land mid-run; it is sent once step 2 is logged.
+    args = [*tiny_overrides, f"grpo.start_from={sft_volume / 'tiny/sft/adapter'}", "grpo.max_steps=30",
+            "grpo.save_steps=100", "grpo.per_device_train_batch_size=4", "grpo.max_completion_length=8",
+            "report_to=[]"]  # fmt: skip
+    ckpts = volume / "tiny/grpo/checkpoints"
+    log = volume.parent / "grpo.log"
+    proc = _start("grpo", args, volume, log)
+    deadline = time.monotonic() + 300
+    while "step 2/30" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _kill(proc)
+            pytest.fail(f"no step 2 (exit {proc.returncode}):\n{log.read_text()[-3000:]}")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    try:
+        code = proc.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        _kill(proc)
+        pytest.fail(f"did not stop after SIGTERM:\n{log.read_text()[-3000:]}")
+    out = log.read_text()
+    assert code == 143, out[-3000:]
+    assert "launcher: SIGTERM passed on to 2 process(es)" in out
+    # Each process says where it stopped: the same step, the same checkpoint.
+    stops = re.findall(
+        rf"error: grpo stopped by SIGTERM after step (\d+)/30; checkpoint saved in {re.escape(str(ckpts))}/checkpoint-\1\.",
+        out,
+    )
+    assert len(stops) == 2 and stops[0] == stops[1], out[-3000:]
+    step = int(stops[0])
+    assert 2 <= step < 30
+    (only,) = checkpoints(ckpts)
+    assert only.name == f"checkpoint-{step}" and verify_checkpoint(only) is None
+    assert {p.name for p in only.glob("rng_state_*.pth")} == {"rng_state_0.pth", "rng_state_1.pth"}
+    assert not (volume / "tiny/grpo/adapter").exists()
+
+    # The processes train in lockstep (every step ends in collectives), so a rerun that ends at
+    # step 30 without hanging resumed both of them from the step the main process names.
+    out = _launch("grpo", args, volume)
+    assert out.count(f"resuming from {only}") == 1
+    record = json.loads((volume / "tiny/grpo/run.json").read_text())
+    assert record["global_step"] == 30 and record["num_processes"] == 2
+    history = json.loads((ckpts / "checkpoint-30/trainer_state.json").read_text())["log_history"]
+    assert [h["step"] for h in history if "loss" in h] == list(range(1, 31))
+
+
+@pytest.mark.slow
+def test_the_launcher_exits_with_the_stages_code(volume: Path, tiny_overrides: list[str]) -> None:
+    # Both processes refuse the fast engine under FSDP before loading anything (exit 2); the
+    # launcher says 2 too, where accelerate launch alone said 1 for any failure.
+    out = _launch("grpo", tiny_overrides, volume, engine="fsdp2", code=2)
+    assert out.count("error: grpo.rollout_engine: fast runs under DDP only") == 2, out[-3000:]
+    assert "Traceback" not in out
+    assert not volume.exists() or not any(p.is_file() and p.name != ".lock" for p in volume.rglob("*"))

@@ -463,6 +463,49 @@ def test_tile_choices_are_kept_across_processes(tmp_path: Path, monkeypatch: pyt
     assert tuned(16, 4096, torch.bfloat16) == (256, 3) and len(calls) == 3  # a new shape is timed
 
 
+# A process of a several-GPU run: tunes 30 shapes of its own (10 ms a search), starting when told to.
+_TUNING_PROCESS = """
+import pathlib, sys, time
+from trainer.rollout import decode_kernels
+rank, ready, go = int(sys.argv[1]), pathlib.Path(sys.argv[2]), pathlib.Path(sys.argv[3])
+def search(m):
+    time.sleep(0.01)
+    return (m,)
+tuned = decode_kernels._tuned(search)
+ready.touch()
+while not go.exists():
+    time.sleep(0.01)
+for m in range(30):
+    tuned(rank * 100 + m)
+"""
+
+
+def test_processes_tuning_at_once_keep_each_others_tile_choices(tmp_path: Path) -> None:
+    """Two processes (the ranks of a 2-GPU run) write the tuning file at the same time: every
+    choice of both is in it afterwards, none lost to the other's rewrite."""
+    import json
+    import os
+    import subprocess
+    import sys
+    import time
+
+    tiles = tmp_path / "tiles.json"
+    env = {**os.environ, "TRAINER_TUNING_FILE": str(tiles), "PYTHONPATH": str(Path(__file__).parents[1] / "src")}
+    go = tmp_path / "go"
+    ready = [tmp_path / f"ready{rank}" for rank in (0, 1)]
+    procs = [
+        subprocess.Popen([sys.executable, "-c", _TUNING_PROCESS, str(rank), str(ready[rank]), str(go)], env=env)
+        for rank in (0, 1)
+    ]
+    deadline = time.monotonic() + 120
+    while not all(r.exists() for r in ready) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    go.touch()
+    assert [p.wait(timeout=120) for p in procs] == [0, 0]
+    shapes = sorted(int(json.loads(key)[2][0]) for key in json.loads(tiles.read_text()))
+    assert shapes == [*range(30), *range(100, 130)]
+
+
 class _TwoLayers(torch.nn.Module):
     """A Linear with a bias and a GPT-2 style Conv1D (weight stored [in, out]), both square, so that a
     transposed weight runs without a shape error and only its values can tell."""

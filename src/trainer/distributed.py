@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from trainer.config import RunConfig
-from trainer.errors import ConfigError, UserError
+from trainer.errors import ConfigError, UserError, override
 
 T = TypeVar("T")
 
@@ -98,18 +98,42 @@ def close(ok: bool) -> None:
     dist.destroy_process_group()
 
 
+def sharding() -> str | None:
+    """What `accelerate launch` was told to shard the training with: "FSDP", "DeepSpeed ZeRO-<stage>",
+    or None (one process, DDP). Read from the launcher's environment, so known before anything loads."""
+    if os.environ.get("ACCELERATE_USE_FSDP", "").lower() == "true":
+        return "FSDP"
+    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "").lower() == "true":
+        return f"DeepSpeed ZeRO-{os.environ.get('ACCELERATE_DEEPSPEED_ZERO_STAGE', '?')}"
+    return None
+
+
 def device_map() -> dict[str, int] | None:
     """Where `from_pretrained` puts the base model: this process's own GPU (one process, DDP, ZeRO-1/2),
     or None where there is no GPU or the trainer shards the model itself (ZeRO-3, FSDP: accelerate
     places the shards; a device_map would load a whole copy per GPU first, or clash with FSDP's loading)."""
     import torch
 
-    sharded = (
-        os.environ.get("ACCELERATE_USE_FSDP") == "true" or os.environ.get("ACCELERATE_DEEPSPEED_ZERO_STAGE") == "3"
-    )
-    if not torch.cuda.is_available() or sharded:
+    if not torch.cuda.is_available() or sharding() in ("FSDP", "DeepSpeed ZeRO-3"):
         return None
     return {"": _state().local_process_index}
+
+
+def check_rollout_engine(cfg: RunConfig) -> None:
+    """Fail before any model loads where GRPO's fast rollout engine would meet FSDP or DeepSpeed.
+
+    The engine decodes with every weight of the model, read in place on this process's GPU, and lays
+    the frozen ones out anew (trainer.rollout.layout); FSDP holds them as shards of each GPU, and
+    DeepSpeed owns their storage. Under DDP each process holds the whole model, as on one GPU."""
+    engine = sharding()
+    g = cfg.grpo
+    if engine is None or cfg.backend != "hf" or g.use_vllm or g.rollout_engine != "fast":
+        return
+    raise ConfigError(
+        f"grpo.rollout_engine: fast runs under DDP only (it reads the whole model on every GPU), and this launch "
+        f"uses {engine}; launch with configs/accelerate/ddp.yaml where the model fits one GPU, or keep {engine} "
+        f"with TRL's generate: {override('grpo.rollout_engine=trl')}."
+    )
 
 
 def log_level() -> int:

@@ -63,6 +63,7 @@ def vllm_args(cfg: RunConfig, vllm: bool) -> dict[str, Any]:
 def main(cfg: RunConfig) -> Path:
     check_backend(cfg, cfg.grpo.optim)
     distributed.check_batch_geometry(cfg, distributed.num_processes())
+    distributed.check_rollout_engine(cfg)
     if (finished := check_resume(cfg, "grpo")) is not None:
         return finished
     import datasets

@@ -199,6 +199,11 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
             if getattr(callback, "training_bar", None) is not None:
                 callback.training_bar.close()
                 callback.training_bar = None
+    if stop.stopped:
+        # Every process stopped after the same step (StopOnSignal agrees on it); none may exit before
+        # the main one has written that checkpoint's manifest: a launcher ends the others as soon as
+        # one process exits, which would leave the checkpoint without one (so it would not resume).
+        distributed.wait_for_everyone()
     stop.raise_if_stopped(trainer.state, out, stage)
 
 

@@ -57,24 +57,42 @@ def _tuned(search: Callable[..., tuple[int, ...] | None]) -> Callable[..., tuple
         stack = [gpu, torch.__version__, _version("triton")]
         key = json.dumps([search.__name__, stack, [str(a) for a in args]])
         path = tuning_file()
-        try:
-            table = json.loads(path.read_text())
-        except (OSError, ValueError):
-            table = {}
-        if key in table:
-            return None if table[key] is None else tuple(table[key])
-        choice = search(*args)
-        table[key] = choice
-        try:  # merge-free rewrite; a lost race only costs another search in some later process
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.{os.getpid()}")
-            tmp.write_text(json.dumps(table, indent=0))
-            os.replace(tmp, path)
-        except OSError as e:  # a read-only volume: keep the choice for this process only
-            log.debug("tile choices not kept in %s: %s", path, e)
-        return choice
+        table = _read_table(path)
+        if key not in table:
+            table = _keep(path, key, search(*args))
+        return None if table[key] is None else tuple(table[key])
 
     return tuned
+
+
+def _read_table(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _keep(path: Path, key: str, choice: tuple[int, ...] | None) -> dict[str, Any]:
+    """Add `key`'s choice to the tuning file and return the table. Under a lock, the file read again
+    first: the processes of a several-GPU run search at the same time, and each keeps what the others
+    wrote (a rewrite of what it read before its search would drop their entries). A key another
+    process wrote meanwhile stays as it is (the same GPU model: either choice fits)."""
+    import fcntl
+
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path.with_name(f".{path.name}.lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+            table = _read_table(path)
+            if key not in table:
+                table[key] = choice
+                tmp = path.with_name(f".{path.name}.{os.getpid()}")
+                tmp.write_text(json.dumps(table, indent=0))
+                os.replace(tmp, path)  # readers, which take no lock, see the old table or the new one
+            return table
+    except OSError as e:  # a read-only volume: keep the choice for this process only
+        log.debug("tile choices not kept in %s: %s", path, e)
+        return {key: choice}
 
 
 def _version(package: str) -> str | None:

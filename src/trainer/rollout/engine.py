@@ -6,6 +6,7 @@ trainer.rollout.forward, the prefill / decode step / CUDA graphs trainer.rollout
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from typing import Any
 
@@ -94,6 +95,14 @@ class RolloutEngine(_ForwardPass, _DecodeLoop):
 
     @torch.no_grad()
     def generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling) -> Rollout:
+        """Completions (token ids and their log-probabilities, up to EOS) for each prompt's ids."""
+        # CUDA streams, graph pools, Triton launches and the tile searches' tensors go to the current
+        # device; under DDP that must be this process's GPU, the model's, whichever was current before.
+        on_device = torch.cuda.device(self.device) if self.device.type == "cuda" else contextlib.nullcontext()
+        with on_device:
+            return self._generate(prompt_ids, max_new_tokens, sampling)
+
+    def _generate(self, prompt_ids: Sequence[Sequence[int]], max_new_tokens: int, sampling: Sampling) -> Rollout:
         batch = len(prompt_ids)
         p_pad = _round_up(max(len(p) for p in prompt_ids), PROMPT_ALIGN)
         slots = _round_up(p_pad + max_new_tokens, KV_BUCKET)

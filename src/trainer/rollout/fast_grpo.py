@@ -4,7 +4,9 @@ Four things change. `_generate_single_turn`, where TRL calls `model.generate` on
 transformers path, samples with the engine instead; where the engine does not apply (vLLM, TRL's
 paged generation, images, repetition penalty or extra generation kwargs, DeepSpeed / FSDP
 sharding, a model the engine does not support), the call goes to TRL unchanged and the reason is
-logged once. The training step runs PEFT's LoRA layers through `lean_lora` (below), the same
+logged once (the grpo stage refuses an FSDP / DeepSpeed launch before loading anything:
+`distributed.check_rollout_engine`). Under DDP each process rolls out on its own GPU, from the
+model inside the DDP wrapper, whose LoRA weights the optimizer updates in place. The training step runs PEFT's LoRA layers through `lean_lora` (below), the same
 sum without PEFT's float32 round trip; and on a GPU, the decoder's RMSNorms, SwiGLU product and
 rotary embedding through `compiled_glue` (below), the same operations as fused kernels. The
 loss's log-probabilities come from TRL's chunked LM-head path (`chunked_logps`), so no
@@ -102,16 +104,24 @@ class FastGRPOTrainer(GRPOTrainer):
         what the loss computes, so on-policy the gap is rounding (bf16: about 1e-2); rollouts from
         stale weights (an adapter update the engine missed) show up as a gap of the update's size."""
         sampled, logps = inputs.get("sampling_per_token_logps"), self._loss_logps
-        if sampled is None or logps is None or sampled.shape != logps.shape:
+        if sampled is None or logps is None:  # the same on every process: no gather is missed
             return
-        delta = (sampled - logps).abs()[inputs["completion_mask"].bool()]
-        delta = delta[~torch.isnan(delta)]
-        if delta.numel() == 0:
+        stats = torch.full((2,), float("nan"), device=logps.device)
+        if sampled.shape == logps.shape:
+            delta = (sampled - logps).abs()[inputs["completion_mask"].bool()]
+            delta = delta[~torch.isnan(delta)]
+            if delta.numel():
+                stats = torch.stack([delta.mean(), delta.max()]).float()
+        # Every process gathers, also one with nothing to report (NaN): a gather that some processes
+        # skip would leave the others waiting in it.
+        gathered = self.accelerator.gather(stats).view(-1, 2)
+        if torch.isnan(gathered[:, 0]).all():
             return
         mode = "train" if self.model.training else "eval"
-        gathered = self.accelerator.gather(torch.stack([delta.mean(), delta.max()]).float()).view(-1, 2)
-        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(gathered[:, 0].mean().item())
-        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(gathered[:, 1].max().item())
+        self._metrics[mode]["sampling/sampling_logp_difference/mean"].append(gathered[:, 0].nanmean().item())
+        self._metrics[mode]["sampling/sampling_logp_difference/max"].append(
+            gathered[:, 1].nan_to_num(-1.0).max().item()
+        )
 
     def training_step(self, model, inputs, num_items_in_batch):
         with contextlib.ExitStack() as stack:
