@@ -31,7 +31,7 @@ from trainer.cli import main
 from trainer.config import load_config
 from trainer.distributed import check_batch_geometry, check_rollout_engine, num_processes
 from trainer.errors import ConfigError, UserError
-from trainer.resilience import checkpoints, verify_checkpoint
+from trainer.resilience.checkpoints import checkpoints, verify_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIGS = sorted((ROOT / "configs/accelerate").glob("*.yaml"))
