@@ -7,6 +7,8 @@
         grpo/adapter/           the final GRPO adapter
         eval/report.json, eval/report.md, eval/samples.jsonl
         eval/report-limitN.*    a quick check on the first N problems (eval.limit); the full report stays
+        eval/blocks/            each finished block of an evaluation (model x dataset x greedy / sampled),
+                                reused by the next eval whose inputs match (blocks-limitN/ for eval.limit)
 
 A stage writes its adapter into a temporary folder and renames it into place, so a killed stage
 never leaves a half-written adapter that a later stage would load. The previous adapter is kept
@@ -15,6 +17,7 @@ as `adapter.prev` until the new one is in place.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import logging
@@ -56,6 +59,7 @@ class EvalFiles:
     report_md: Path
     samples: Path  # every scored greedy completion, one JSON object a line
     record: Path  # the run record: config, versions, commit
+    blocks: Path  # folder of finished blocks (evaluate.py), one JSON file each
 
 
 def eval_files(cfg: RunConfig) -> EvalFiles:
@@ -66,8 +70,23 @@ def eval_files(cfg: RunConfig) -> EvalFiles:
     tag = f"-limit{cfg.eval.limit}" if cfg.eval.limit else ""
     out = stage_dir(cfg, "eval")
     return EvalFiles(
-        out / f"report{tag}.json", out / f"report{tag}.md", out / f"samples{tag}.jsonl", out / f"run{tag}.json"
+        out / f"report{tag}.json",
+        out / f"report{tag}.md",
+        out / f"samples{tag}.jsonl",
+        out / f"run{tag}.json",
+        out / f"blocks{tag}",
     )
+
+
+def sha256_file(path: Path, sync: bool = False) -> str:
+    """The sha256 of a file's bytes (hex); `sync` also flushes it to disk first."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+        if sync:  # on disk before a manifest vouches for it (a VM that loses power, not only a kill)
+            os.fsync(f.fileno())
+    return h.hexdigest()
 
 
 def is_adapter(path: Path) -> bool:

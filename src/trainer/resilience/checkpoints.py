@@ -7,7 +7,6 @@ and sha256 once it is complete, and only a folder whose manifest verifies counts
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -19,6 +18,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from trainer import distributed
+from trainer.volume import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -34,21 +34,11 @@ def checkpoints(output_dir: Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
-def _sha256(path: Path, sync: bool = False) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-        if sync:  # on disk before the manifest vouches for it (a VM that loses power, not only a kill)
-            os.fsync(f.fileno())
-    return h.hexdigest()
-
-
 def write_manifest(folder: Path, step: int, settings: dict[str, Any] | None = None) -> Path:
     """Record every file of a finished checkpoint (size, sha256), atomically: the commit marker.
     `settings`: the run's settings a resume must share (`resume_settings`)."""
     files = {
-        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": _sha256(p, sync=True)}
+        p.relative_to(folder).as_posix(): {"size": p.stat().st_size, "sha256": sha256_file(p, sync=True)}
         for p in sorted(folder.rglob("*"))
         if p.is_file() and p.name != MANIFEST and not p.name.startswith(f".{MANIFEST}")
     }
@@ -81,7 +71,7 @@ def verify_checkpoint(folder: Path) -> str | None:
             return f"{name} is missing"
         if path.stat().st_size != meta["size"]:
             return f"{name} has {path.stat().st_size} bytes, the manifest says {meta['size']}"
-        if _sha256(path) != meta["sha256"]:
+        if sha256_file(path) != meta["sha256"]:
             return f"{name} does not match its sha256"
     return None
 

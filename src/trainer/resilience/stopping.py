@@ -26,11 +26,16 @@ class StopOnSignal(TrainerCallback):
     """SIGTERM / SIGINT during training: finish the current step, save a checkpoint, stop.
 
     The handler only records the signal; the callback acts at the next step end. After the first
-    signal the previous handler is back, so a second one stops at once (without saving)."""
+    signal the previous handler is back, so a second one stops at once (without saving).
+    Evaluation uses the handler alone (`installed`, `signum`), checked after each block, with its own
+    `notice`: the line shown on the first signal, `{name}` the signal's name."""
 
     SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
-    def __init__(self) -> None:
+    def __init__(
+        self, notice: str = "finishing this step and saving a checkpoint; {name} again stops without saving"
+    ) -> None:
+        self.notice = notice
         self.signum: int | None = None
         self.stopped = False
         self._previous: dict[int, Any] = {}
@@ -55,9 +60,7 @@ class StopOnSignal(TrainerCallback):
         signal.signal(signum, self._previous[signum])
         name = signal.Signals(signum).name
         # os.write: no locks taken inside a signal handler (logging takes one).
-        os.write(
-            2, f"\n{name}: finishing this step and saving a checkpoint; {name} again stops without saving\n".encode()
-        )
+        os.write(2, f"\n{name}: {self.notice.format(name=name)}\n".encode())
 
     def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         requested = self.signum is not None
