@@ -6,6 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -243,6 +250,153 @@ def test_eval_stage_with_limit_flag(
     assert len(samples) == 9 and {"question", "answer", "completion", "extracted", "correct"} <= set(samples[0])
     # The random base model never emits EOS within 8 tokens.
     assert all(r["truncation_rate"] == 1.0 and r["mean_completion_tokens"] == 8 for r in report["results"])
+
+
+# -------------------------------------------------------------------------------------------
+# Blocks: what a rerun of eval reuses
+
+
+HELDOUT = "{name: heldout, path: src/trainer/sample_data/heldout.jsonl, limit: 6}"
+SUM = "eval: {} of {} blocks reused from an earlier run ({}), {} to compute"
+
+
+@pytest.fixture
+def eval_volume(volume: Path, sft_volume: Path) -> Path:
+    """A volume of its own holding the module's one-step SFT run (the tests here retrain it)."""
+    shutil.copytree(sft_volume, volume)
+    return volume
+
+
+def run_eval(tiny_model_dir: Path, *sets: str, limit: int | None = None) -> int:
+    args = ["eval", "--config", "configs/tiny.yaml", *(["--limit", str(limit)] if limit else [])]
+    overrides = [f"model.name={tiny_model_dir}", f"eval.datasets=[{HELDOUT}]", "eval.max_new_tokens=8", *sets]
+    return main(args + [a for o in overrides for a in ("--set", o)])
+
+
+def computed(volume: Path, tag: str = "") -> list[str]:
+    """The blocks the last eval generated (its run record), not those it reused."""
+    return json.loads((volume / f"tiny/eval/run{tag}.json").read_text())["computed_blocks"]
+
+
+def outputs(volume: Path) -> dict[str, object]:
+    """What eval writes for people, less the report's time stamp."""
+    evals = volume / "tiny/eval"
+    report = json.loads((evals / "report.json").read_text())
+    del report["time"]
+    return {"report": report, "md": (evals / "report.md").read_text(), "samples": (evals / "samples.jsonl").read_text()}
+
+
+def stamps(folder: Path) -> dict[str, tuple[int, int]]:
+    """Each file's inode and mtime: a file written again (atomically: a new inode) shows here."""
+    return {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in sorted(folder.iterdir())}
+
+
+GREEDY_SAMPLED = ["{}-heldout-greedy.json", "{}-heldout-sampled.json"]
+
+
+def blocks_of(*models: str) -> list[str]:
+    return [name.format(m) for m in models for name in GREEDY_SAMPLED]
+
+
+def test_a_rerun_reuses_every_block_and_a_subset_run_leaves_the_rest_to_compute(
+    eval_volume: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    blocks = eval_volume / "tiny/eval/blocks"
+    with caplog.at_level(logging.INFO):
+        assert run_eval(tiny_model_dir, "eval.models=[sft]") == 0
+        assert SUM.format(0, 2, blocks, 2) in caplog.text
+        assert computed(eval_volume) == blocks_of("sft")
+        caplog.clear()
+        assert run_eval(tiny_model_dir) == 0  # base and sft: only base is missing
+        assert SUM.format(2, 4, blocks, 2) in caplog.text
+        assert computed(eval_volume) == blocks_of("base")
+        assert "heldout/base greedy" in capsys.readouterr().err  # the progress bar of a block generated
+        first, before = outputs(eval_volume), stamps(blocks)
+        assert [(r["model"], r["n"]) for r in first["report"]["results"]] == [("base", 6), ("sft", 6)]
+        caplog.clear()
+        assert run_eval(tiny_model_dir) == 0
+    assert SUM.format(4, 4, blocks, 0) in caplog.text and "heldout/" not in capsys.readouterr().err
+    assert computed(eval_volume) == [] and stamps(blocks) == before  # nothing generated, nothing rewritten
+    assert outputs(eval_volume) == first
+
+
+def test_a_changed_adapter_corrupt_block_or_reuse_false_computes_again(
+    eval_volume: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    blocks = eval_volume / "tiny/eval/blocks"
+    assert run_eval(tiny_model_dir) == 0
+    first = outputs(eval_volume)
+    # SFT trained one more step: a new adapter, so SFT's blocks are generated again and base's are not.
+    sft = ["sft", "--config", "configs/tiny.yaml", "--set", f"model.name={tiny_model_dir}", "--set", "report_to=[]"]
+    assert main([*sft, "--set", "sft.max_steps=2"]) == 0
+    with caplog.at_level(logging.INFO):
+        assert run_eval(tiny_model_dir) == 0
+    assert "eval: sft-heldout-greedy.json was made with another adapter; computing it again" in caplog.text
+    assert computed(eval_volume) == blocks_of("sft")
+    retrained = outputs(eval_volume)
+    # A block cut short (or otherwise unreadable) is generated again, to the same completions.
+    greedy = blocks / "base-heldout-greedy.json"
+    greedy.write_text(greedy.read_text()[:100])
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert run_eval(tiny_model_dir) == 0
+    assert "eval: base-heldout-greedy.json is unreadable (JSONDecodeError: " in caplog.text
+    assert computed(eval_volume) == ["base-heldout-greedy.json"] and outputs(eval_volume) == retrained
+    assert [r for r in retrained["report"]["results"] if r["model"] == "base"] == [
+        r for r in first["report"]["results"] if r["model"] == "base"
+    ]
+    assert run_eval(tiny_model_dir, "eval.reuse=false") == 0
+    assert computed(eval_volume) == blocks_of("base", "sft") and outputs(eval_volume) == retrained
+
+
+def test_a_limited_run_keeps_its_blocks_apart(eval_volume: Path, tiny_model_dir: Path) -> None:
+    evals = eval_volume / "tiny/eval"
+    assert run_eval(tiny_model_dir) == 0
+    full = {p.relative_to(evals): (p.read_bytes(), p.stat().st_mtime_ns) for p in evals.rglob("*") if p.is_file()}
+    assert run_eval(tiny_model_dir, limit=3) == 0
+    assert computed(eval_volume, "-limit3") == blocks_of("base", "sft")
+    assert run_eval(tiny_model_dir, limit=3) == 0
+    assert computed(eval_volume, "-limit3") == []
+    assert sorted(p.name for p in (evals / "blocks-limit3").iterdir()) == sorted(blocks_of("base", "sft"))
+    assert {p: (evals / p).read_bytes() for p in full} == {p: b for p, (b, _) in full.items()}
+    assert {p: (evals / p).stat().st_mtime_ns for p in full} == {p: t for p, (_, t) in full.items()}
+
+
+@pytest.mark.slow
+def test_sigterm_keeps_the_finished_blocks_and_exits_143(
+    volume: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """`trainer eval` in its own process, stopped by SIGTERM once its first block is saved: it finishes
+    the block it is in, exits 143, and the same command computes only the rest, to the same report."""
+    blocks = volume / "tiny/eval/blocks"
+    # Four blocks; the signal comes once the first is saved, well before the fourth can end.
+    heldout = "path: src/trainer/sample_data/heldout.jsonl"
+    sets = [f"model.name={tiny_model_dir}", f"eval.datasets=[{{name: a, {heldout}}}, {{name: b, {heldout}}}]"]
+    sets += ["eval.max_new_tokens=16", "eval.num_samples=2"]
+    args = ["eval", "--config", "configs/tiny.yaml", *[a for o in sets for a in ("--set", o)]]
+    env = {**os.environ, "PYTHONPATH": str(Path.cwd() / "src"), "CHECKPOINT_DIR": str(volume)}
+    log = tmp_path / "eval.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "trainer", *args], env=env, stdout=log.open("w"), stderr=subprocess.STDOUT
+    )
+    deadline = time.monotonic() + 300
+    while not (blocks / "base-a-greedy.json").exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=300) == 143, log.read_text()[-3000:]
+    stopped = re.search(
+        rf"error: eval stopped by SIGTERM after (\d) of 4 blocks, saved in {re.escape(str(blocks))}\. ", log.read_text()
+    )
+    assert stopped, log.read_text()[-3000:]
+    done = int(stopped[1])
+    assert 1 <= done < 4 and len(list(blocks.iterdir())) == done and not (volume / "tiny/eval/report.json").exists()
+
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0
+    assert SUM.format(done, 4, blocks, 4 - done) in caplog.text
+    resumed = outputs(volume)
+    assert main([*args, "--set", "eval.reuse=false"]) == 0
+    assert outputs(volume) == resumed
 
 
 @pytest.mark.parametrize("bad", ["0", "-1", "ten"])

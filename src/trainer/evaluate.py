@@ -7,27 +7,40 @@ Answers are checked by `trainer.answers` (extract_solution, answers_equivalent, 
 the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
 Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored);
 with eval.limit N, eval/report-limitN.json etc., leaving a full evaluation's files alone
-(volume.eval_files).
+(volume.eval_files). Each block of work (one model on one dataset, greedy or sampled) is saved in
+eval/blocks/ as soon as it is generated, and a rerun reuses every block whose inputs are unchanged
+(compute_blocks): a SIGTERM costs at most the block it interrupted.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
+import re
+import signal
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 from trainer import backend, distributed, models
-from trainer.config import EvalConfig, RunConfig
+from trainer.config import EvalConfig, RunConfig, to_dict
 from trainer.data import eval_problems
-from trainer.errors import UserError
-from trainer.format import prompt_messages
+from trainer.errors import Interrupted, UserError
+from trainer.format import CHAT_TEMPLATE, prompt_messages
 from trainer.generation import Completion, generate
 from trainer.report import markdown_report, stderr
-from trainer.volume import eval_files, find_adapter, stage_dir, write_run_record
+from trainer.volume import (
+    ADAPTER_FILES,
+    eval_files,
+    find_adapter,
+    package_versions,
+    sha256_file,
+    stage_dir,
+    write_run_record,
+)
 
 log = logging.getLogger(__name__)
 
@@ -127,9 +140,160 @@ def _write(path: Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def main(cfg: RunConfig) -> dict[str, Any]:
+# ---------------------------------------------------------------------------------------------
+# Blocks: the completions of one model on one dataset, greedy or sampled, each saved as soon as it is
+# generated (eval/blocks/), keyed by everything they depend on, so that a rerun (after a SIGTERM, or
+# with another eval.models) generates only what is missing. Scoring happens when the report is
+# assembled: a block depends on generation's inputs alone.
+
+Block = tuple[list[list[Completion]], str | None]  # completions per problem, the tokenizer's EOS (follows_format)
+
+
+# The libraries whose upgrade may change a completion; the verifier (math-verify) only scores them,
+# and scoring is redone at every report.
+_GENERATING_PACKAGES = ("torch", "transformers", "peft", "unsloth")
+
+
+def _digest(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
+
+
+def model_identity(cfg: RunConfig, adapter: Path | None) -> dict[str, Any]:
+    """What one model's completions depend on besides prompts and decoding: the recipe's model section
+    and backend, the device and resolved dtype ('auto' is bfloat16 on a GPU, float32 on a CPU), the
+    versions of the libraries that generate, and the adapter's files (sha256; None for the base
+    model). The adapter's contents are hashed rather than its size and mtime: a copied or restored
+    volume (new mtimes) still matches, a retrained adapter of the same size never does, and one read
+    of a LoRA adapter costs little next to generating with it."""
+    import torch
+
+    return {
+        "model": {"backend": cfg.backend, **to_dict(cfg.model)},
+        "runtime": {
+            "device": f"cuda {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu",
+            "dtype": str(models.torch_dtype(cfg.model)),
+            "versions": {k: v for k, v in package_versions().items() if k in _GENERATING_PACKAGES},
+        },
+        "adapter": None if adapter is None else {f: sha256_file(adapter / f) for f in ADAPTER_FILES},
+    }
+
+
+def decoding(cfg: RunConfig, mode: str) -> dict[str, Any]:
+    """The generation settings of a greedy or sampled block. The batch size counts: prompts are
+    batched longest first, so it decides which prompts share a batch (padding, and in bfloat16 the
+    kernels' rounding) and, when sampling, which random numbers each prompt draws."""
+    e = cfg.eval
+    out: dict[str, Any] = {"max_new_tokens": e.max_new_tokens, "batch_size": e.batch_size, "engine": e.engine}
+    if mode == "sampled":
+        out.update(temperature=e.temperature, top_k=e.top_k, num_samples=e.num_samples, seed=cfg.seed)
+    return out
+
+
+def block_path(folder: Path, dataset: str, model: str, mode: str) -> Path:
+    """eval/blocks/<model>-<dataset>-<mode>.json; a dataset name is any text, so only its safe characters."""
+    safe = re.sub(r"[^\w.-]", "_", dataset)
+    return folder / f"{model}-{safe}-{mode}.json"
+
+
+def read_block(path: Path, key: dict[str, Any], n: int) -> Block | None:
+    """The block saved at `path` if it was made with `key` and holds `n` problems, else None: none
+    there, made with other inputs (logged, naming which), or unreadable (cut short, corrupt: a warning)."""
+    try:
+        data = json.loads(path.read_text())
+        if data["key"] != key:
+            differ = sorted(k for k in key.keys() | data["key"].keys() if key.get(k) != data["key"].get(k))
+            log.info("eval: %s was made with another %s; computing it again", path.name, ", ".join(differ))
+            return None
+        completions = [[Completion(**c) for c in group] for group in data["completions"]]
+        if len(completions) != n or not all(completions):
+            raise ValueError(f"completions for {len(completions)} problems, expected {n}")
+        return completions, data["eos_token"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
+        log.warning("eval: %s is unreadable (%s: %s); computing it again", path.name, type(err).__name__, err)
+        return None
+
+
+def _generate_block(
+    cfg: RunConfig, model: Any, tokenizer: Any, name: str, convs: list[list[dict[str, str]]], mode: str, desc: str
+) -> list[list[Completion]]:
     from transformers import set_seed
 
+    e = cfg.eval
+    common = dict(max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, engine=e.engine, desc=desc)
+    with models.use_adapter(model, None if name == "base" else name):
+        if mode == "greedy":
+            return generate(model, tokenizer, convs, **common)
+        set_seed(cfg.seed)  # every model draws from the same random stream, whichever blocks ran before
+        return generate(
+            model, tokenizer, convs, temperature=e.temperature, top_k=e.top_k, num_samples=e.num_samples, **common
+        )
+
+
+def compute_blocks(
+    cfg: RunConfig, adapters: dict[str, Path], names: list[str], problems: dict[str, list[dict[str, str]]]
+) -> tuple[dict[tuple[str, str, str], Block], list[str]]:
+    """Every (dataset, model, mode) block of this evaluation: reused from eval/blocks/ where its key
+    matches (eval.reuse), else generated and saved there at once. The model loads only if a block is
+    missing. Returns the blocks and the file names of those generated.
+
+    Raises Interrupted (exit 128 + signal) on SIGTERM / SIGINT once the current block is saved, unless
+    it was the last one."""
+    e = cfg.eval
+    files = eval_files(cfg)
+    modes = ["greedy", "sampled"] if e.num_samples > 0 else ["greedy"]
+    identity = {name: model_identity(cfg, adapters.get(name)) for name in names}
+    convs = {ds: [prompt_messages(r["question"]) for r in rows] for ds, rows in problems.items()}
+    prompts = {ds: _digest([CHAT_TEMPLATE, c]) for ds, c in convs.items()}  # questions, system prompt, template
+    keys = {
+        (ds, name, mode): {**identity[name], "prompts": prompts[ds], "decoding": decoding(cfg, mode)}
+        for ds in problems
+        for name in names
+        for mode in modes
+    }
+
+    def saved() -> dict[tuple[str, str, str], Block]:
+        found = {b: read_block(block_path(files.blocks, *b), key, len(problems[b[0]])) for b, key in keys.items()}
+        return {b: block for b, block in found.items() if block is not None}
+
+    # Decided once, by the main process, so that every process generates the same blocks.
+    blocks = distributed.from_main_process(saved) if e.reuse else {}
+    todo = [b for b in keys if b not in blocks]
+    log.info(
+        "eval: %d of %d blocks reused from an earlier run (%s), %d to compute%s",
+        len(blocks),
+        len(keys),
+        files.blocks,
+        len(todo),
+        "" if e.reuse else " (eval.reuse false)",
+    )
+    if not todo:
+        return blocks, []
+    from trainer.resilience.stopping import StopOnSignal  # imports transformers: not at import time
+
+    model, tokenizer = backend.inference_model(cfg, adapters)
+    if distributed.is_main_process():
+        files.blocks.mkdir(parents=True, exist_ok=True)
+    stop = StopOnSignal("finishing this block of the evaluation (finished blocks are kept); {name} again stops at once")
+    with stop.installed():
+        for i, (ds, name, mode) in enumerate(todo, 1):
+            path = block_path(files.blocks, ds, name, mode)
+            completions = _generate_block(cfg, model, tokenizer, name, convs[ds], mode, f"{ds}/{name} {mode}")
+            blocks[ds, name, mode] = completions, tokenizer.eos_token
+            if distributed.is_main_process():
+                data = {"key": keys[ds, name, mode], "eos_token": tokenizer.eos_token, "completions": completions}
+                _write(path, json.dumps(data, default=asdict) + "\n")
+            if stop.signum is not None and i < len(todo):
+                raise Interrupted(
+                    f"eval stopped by {signal.Signals(stop.signum).name} after {len(blocks)} of {len(keys)} blocks, "
+                    f"saved in {files.blocks}. Run the same command again to compute the other {len(todo) - i}.",
+                    stop.signum,
+                )
+    return blocks, [block_path(files.blocks, *b).name for b in todo]
+
+
+def main(cfg: RunConfig) -> dict[str, Any]:
     e = cfg.eval
     adapters: dict[str, Path] = {}
     for name in e.models:
@@ -144,31 +308,14 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     if not names:
         raise UserError("nothing to evaluate: no adapters found and eval.models excludes 'base'.")
     problems = {d.name: eval_problems(d, e.limit) for d in e.datasets}
-    model, tokenizer = backend.inference_model(cfg, adapters)
+    blocks, computed = compute_blocks(cfg, adapters, names, problems)
     results, samples = [], []
     for ds_name, rows in problems.items():
-        convs = [prompt_messages(r["question"]) for r in rows]
         answers = [r["answer"] for r in rows]
         for name in names:
-            with models.use_adapter(model, None if name == "base" else name):
-                common = dict(max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, engine=e.engine)
-                greedy = generate(model, tokenizer, convs, desc=f"{ds_name}/{name} greedy", **common)
-                sampled = None
-                if e.num_samples > 0:
-                    set_seed(cfg.seed)  # every model draws from the same random stream
-                    sampled = generate(
-                        model,
-                        tokenizer,
-                        convs,
-                        temperature=e.temperature,
-                        top_k=e.top_k,
-                        num_samples=e.num_samples,
-                        desc=f"{ds_name}/{name} sampled",
-                        **common,
-                    )
-            results.append(
-                {"dataset": ds_name, "model": name, **metrics(greedy, sampled, answers, tokenizer.eos_token)}
-            )
+            greedy, eos = blocks[ds_name, name, "greedy"]
+            sampled = blocks[ds_name, name, "sampled"][0] if e.num_samples > 0 else None
+            results.append({"dataset": ds_name, "model": name, **metrics(greedy, sampled, answers, eos)})
             samples += sample_records(ds_name, name, rows, greedy)
             r = results[-1]
             log.info(
@@ -197,7 +344,7 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     _write(files.report_json, json.dumps(report, indent=2) + "\n")
     _write(files.report_md, markdown_report(report) + "\n")
     _write(files.samples, "".join(json.dumps(s) + "\n" for s in samples))
-    write_run_record(cfg, "eval", files.record, report=str(files.report_json))
+    write_run_record(cfg, "eval", files.record, report=str(files.report_json), computed_blocks=computed)
     if e.limit:
         full = eval_files(replace(cfg, eval=replace(e, limit=None))).report_md
         kept = (

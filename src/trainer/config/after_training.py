@@ -49,6 +49,11 @@ class EvalConfig:
         "steps, greedy tokens equal generate's) where it supports the model; 'generate': transformers' "
         "generate always (also the fallback on CPU and for other models).",
     )
+    reuse: bool = setting(
+        True,
+        "Reuse each finished block (model x dataset x greedy / sampled) of an earlier eval of this run "
+        "whose inputs are unchanged (eval/blocks/); false: compute every block again.",
+    )
 
 
 @dataclass
