@@ -57,6 +57,12 @@ def test_unknown_top_level_key(tmp_path: Path) -> None:
         load_config(write(tmp_path, "sed: 1\n"))
 
 
+def test_inline_mapping_without_quotes_says_how_to_quote() -> None:
+    # What `make SET="eval.datasets=[{"name":gsm8k}]"` delivers once the shell has eaten the quotes.
+    with pytest.raises(ConfigError, match=r"unknown config key 'eval.datasets\[0\].name:gsm8k'.*single quotes: SET='"):
+        load_config("configs/tiny.yaml", ["eval.datasets=[{name:gsm8k,path:data/eval/gsm8k_test.jsonl}]"])
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [

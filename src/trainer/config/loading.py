@@ -107,6 +107,11 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
         if key not in names:
             close = difflib.get_close_matches(str(key), names, n=1, cutoff=0.5)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else f"; valid keys: {', '.join(names)}."
+            if ":" in str(key):  # YAML read `{name:gsm8k}` (the shell ate the quotes) as one key
+                hint += (
+                    " In a mapping written inline, quote the keys or put a space after each colon; through make,"
+                    ' wrap SET in single quotes: SET=\'eval.datasets=[{"name":gsm8k,"path":...}]\'.'
+                )
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
     for f in dataclasses.fields(cls):
