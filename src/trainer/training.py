@@ -50,8 +50,10 @@ def check_backend(cfg: RunConfig, optim: str) -> None:
         raise UserError(
             f"optim: {optim} needs bitsandbytes (GPU image only); use --set <stage>.optim=adamw_torch here."
         )
-    for tracker in cfg.report_to:  # transformers would raise only after the model has loaded
-        if tracker in ("wandb", "trackio", "tensorboard") and importlib.util.find_spec(tracker) is None:
+    # The names are checked with the recipe (config.run.REPORT_TO); transformers would raise only after
+    # the model has loaded.
+    for tracker in cfg.report_to:
+        if tracker != "none" and importlib.util.find_spec(tracker) is None:
             raise UserError(
                 f"report_to: {tracker} needs the {tracker} package, which is not installed here; "
                 f"pip install {tracker}, or leave it out of report_to (TensorBoard needs no account)."
