@@ -311,16 +311,21 @@ with stage_guard(load_config("configs/tiny.yaml"), "sft"):
 
 def test_sigterm_before_training_removes_the_lock_and_still_ends_by_the_signal(volume: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CHECKPOINT_DIR": str(volume)}
-    proc = subprocess.Popen([sys.executable, "-c", IN_STAGE], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IN_STAGE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline() == "in the stage\n"
         assert (volume / "tiny/sft" / LOCK).is_file()
         proc.send_signal(signal.SIGTERM)
         # Ended by SIGTERM itself, as without the lock (a shell reports 143), not by an exit code.
         assert proc.wait(timeout=60) == -signal.SIGTERM
+        err = proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()
+    assert "SIGTERM: stopped run 'tiny' stage sft without saving;" in err, err
+    assert err.rstrip().endswith("run the same command again to go on from there"), err
     assert not volume.exists()
 
 
