@@ -281,3 +281,53 @@ def test_make_passes_prompt_and_set_values_as_typed(tmp_path: Path) -> None:
 def test_gguf_and_row_slice_invariants(overrides: list[str], message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         load_config(None, ["model.name=/models/q", "model.gguf_file=q.gguf", *overrides])
+
+
+# (override, what the one-line error must say): values that would run on, then fail late or write
+# somewhere unexpected.
+REFUSED = {
+    "unknown tracker": (
+        "report_to=[nope]",
+        "report_to: unknown tracker 'nope'; valid: tensorboard, wandb, trackio, none",
+    ),
+    "run_name climbing out": ("run_name=../../etc", "run_name '../../etc' is not one folder name"),
+    "run_name with a separator": ("run_name=a/b", "run_name 'a/b' is not one folder name"),
+    "empty run_name": ("run_name=", "run_name '' is not one folder name"),
+    "hidden run_name": ("run_name=.x", "run_name '.x' is not one folder name"),
+    "no eval dataset": ("eval.datasets=[]", "eval.datasets is empty; list at least one under eval.datasets"),
+    "no eval model": ("eval.models=[]", "eval.models is empty; name at least one of base, sft, grpo"),
+}
+
+
+@pytest.mark.parametrize("case", REFUSED)
+def test_values_that_would_fail_late_are_refused_with_the_recipe(case: str) -> None:
+    override, message = REFUSED[case]
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config(ROOT / "configs/tiny.yaml", [override])
+
+
+@pytest.mark.parametrize("override", ["report_to=[tensorboard, wandb, trackio]", "report_to=[none]", "report_to=[]",
+                                      "run_name=my-run_2.b", "eval.models=[base]"])  # fmt: skip
+def test_values_next_to_the_refused_ones_still_load(override: str) -> None:
+    load_config(ROOT / "configs/tiny.yaml", [override])
+
+
+@pytest.mark.parametrize(
+    ("name", "local"),
+    [
+        ("unsloth/Qwen3-4B-Base", False),
+        ("Qwen/Qwen2.5-0.5B-Instruct", False),
+        ("gpt2", False),
+        ("/nope", True),
+        ("./m", True),
+        ("../m", True),
+        ("~/m", True),
+        ("checkpoints/models/qwen2.5-coder-0.5b-instruct", True),
+        ("models/q/", True),
+        ("", True),
+    ],
+)
+def test_a_local_model_path_is_told_from_a_hub_id(name: str, local: bool) -> None:
+    from trainer.config.model import looks_local
+
+    assert looks_local(name) is local

@@ -252,13 +252,32 @@ def tree(root: Path) -> set[str]:
     return {str(p.relative_to(root)) for p in root.rglob("*")}
 
 
+# (recipe, model.name under tmp, what the line must say besides "'<name>' is not a folder here")
+MISSING_MODELS = {
+    "any missing folder": ("configs/tiny.yaml", "nope", "point model.name at a model folder"),
+    "a folder under models/": ("configs/tiny.yaml", "models/q", "run `make real-model` first"),
+    "the real-model recipe": ("configs/qwen2.5-0.5b-gsm8k.yaml", "q", "run `make real-model` first"),
+}
+
+
+@pytest.mark.parametrize("case", MISSING_MODELS)
+def test_a_missing_model_folder_is_named_before_anything_loads(case: str, volume: Path, tmp_path: Path, capsys) -> None:
+    recipe, name, hint = MISSING_MODELS[case]
+    missing = tmp_path / name
+    assert run("sft", [f"model.name={missing}", "model.init=pretrained"], recipe) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"model.name '{missing}' is not a folder here (a hub id has the form org/name)"), line
+    assert hint in line, line
+    assert not volume.exists()
+
+
 def test_a_stage_that_fails_before_training_leaves_no_lock_behind(
     vol: Path, base: list[str], tmp_path: Path, capsys
 ) -> None:
     before = tree(vol)
     capsys.readouterr()
     assert run("grpo", [*base, f"model.name={tmp_path / 'missing'}", "model.init=pretrained"]) == 2
-    assert "could not load the tokenizer" in error_line(capsys.readouterr().err)
+    assert "is not a folder here" in error_line(capsys.readouterr().err)
     # No tiny/grpo/.lock, nor the tiny/grpo folder made to hold it; the earlier SFT work untouched.
     assert tree(vol) == before
 
@@ -292,16 +311,21 @@ with stage_guard(load_config("configs/tiny.yaml"), "sft"):
 
 def test_sigterm_before_training_removes_the_lock_and_still_ends_by_the_signal(volume: Path) -> None:
     env = {**os.environ, "PYTHONPATH": str(ROOT / "src"), "CHECKPOINT_DIR": str(volume)}
-    proc = subprocess.Popen([sys.executable, "-c", IN_STAGE], cwd=ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", IN_STAGE], cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         assert proc.stdout.readline() == "in the stage\n"
         assert (volume / "tiny/sft" / LOCK).is_file()
         proc.send_signal(signal.SIGTERM)
         # Ended by SIGTERM itself, as without the lock (a shell reports 143), not by an exit code.
         assert proc.wait(timeout=60) == -signal.SIGTERM
+        err = proc.stderr.read()
     finally:
         proc.kill()
         proc.wait()
+    assert "SIGTERM: stopped run 'tiny' stage sft without saving;" in err, err
+    assert err.rstrip().endswith("run the same command again to go on from there"), err
     assert not volume.exists()
 
 

@@ -471,11 +471,24 @@ def test_reward_series_and_plot(tmp_path: Path) -> None:
             "step 10/120  loss 0  reward 0.5 (format 3, check_answer -2.5)  accuracy 0.12  length 19.2  truncated 0.00"
             "  logp gap 0.0073  step 0.22 s",
         ),
-        ({"train_runtime": 24.08, "train_loss": 1.39}, "done: 10 steps in 24.1 s"),
     ],
 )
 def test_log_line(logs: dict, line: str) -> None:
     assert log_line(logs, 10, 120) == line
+
+
+# (step, max_steps, step this run began at, the end-of-training line): what this run did, not the total.
+SUMMARIES = [
+    (120, 120, 0, "done: 120 steps in 24.1 s"),
+    (120, 120, 64, "done: 56 steps this run (65-120) in 24.1 s"),
+    (181, 300, 0, "stopped at step 181/300: 181 steps in 24.1 s"),
+    (181, 300, 120, "stopped at step 181/300: 61 steps this run (121-181) in 24.1 s"),
+]
+
+
+@pytest.mark.parametrize(("step", "max_steps", "first_step", "line"), SUMMARIES)
+def test_the_summary_line_says_what_this_run_did(step: int, max_steps: int, first_step: int, line: str) -> None:
+    assert log_line({"train_runtime": 24.08, "train_loss": 1.39}, step, max_steps, first_step) == line
 
 
 def test_completion_rows() -> None:

@@ -12,6 +12,7 @@ from typing import Any
 
 from trainer import distributed
 from trainer.config import RunConfig, load_config
+from trainer.config.model import check_model_folder
 from trainer.errors import ConfigError, UserError
 
 STAGES = ("sft", "grpo", "eval", "infer", "export", "demo")
@@ -166,6 +167,7 @@ def _run(args: argparse.Namespace) -> int:
         check_whole(args.overrides)
         limit = [f"eval.limit={args.limit}"] if args.limit is not None else []
         cfg = load_config(args.config, [*args.overrides, *limit])
+        check_model_folder(cfg.model, args.config)
         if args.prompt is not None:  # taken as-is, not parsed as YAML like --set values
             cfg.infer.prompt = args.prompt
         if cfg.backend == "unsloth":

@@ -147,13 +147,17 @@ _LINE_FIELDS = [
 ]
 
 
-def log_line(logs: dict[str, Any], step: int, max_steps: int) -> str:
+def log_line(logs: dict[str, Any], step: int, max_steps: int, first_step: int = 0) -> str:
     """The Trainer's logs of one step as one line, e.g. `step 5/20  reward 0.5 (format 3, ...)  lr 5.00e-04`.
 
-    GRPO's per-reward means come in brackets after the total; the end-of-training summary becomes
-    `done: N steps in T s`. Everything the Trainer logs still goes to TensorBoard / trackers."""
+    GRPO's per-reward means come in brackets after the total. The end-of-training summary says what
+    this run did: `done: N steps in T s`; resumed after step `first_step`, `done: 56 steps this run
+    (65-120) in T s`; ended before `max_steps` (a signal), `stopped at step S/M: ...` instead of done.
+    Everything the Trainer logs still goes to TensorBoard / trackers."""
     if "train_runtime" in logs:
-        return f"done: {step} steps in {logs['train_runtime']:.1f} s"
+        trained = f"{step - first_step} steps this run ({first_step + 1}-{step})" if first_step else f"{step} steps"
+        head = "done" if step >= max_steps else f"stopped at step {step}/{max_steps}"
+        return f"{head}: {trained} in {logs['train_runtime']:.1f} s"
     parts = [f"step {step}/{max_steps}"]
     rewards = {k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and k.endswith("/mean")}
     for key, label, fmt in _LINE_FIELDS:

@@ -50,8 +50,10 @@ def check_backend(cfg: RunConfig, optim: str) -> None:
         raise UserError(
             f"optim: {optim} needs bitsandbytes (GPU image only); use --set <stage>.optim=adamw_torch here."
         )
-    for tracker in cfg.report_to:  # transformers would raise only after the model has loaded
-        if tracker in ("wandb", "trackio", "tensorboard") and importlib.util.find_spec(tracker) is None:
+    # The names are checked with the recipe (config.run.REPORT_TO); transformers would raise only after
+    # the model has loaded.
+    for tracker in cfg.report_to:
+        if tracker != "none" and importlib.util.find_spec(tracker) is None:
             raise UserError(
                 f"report_to: {tracker} needs the {tracker} package, which is not installed here; "
                 f"pip install {tracker}, or leave it out of report_to (TensorBoard needs no account)."
@@ -215,9 +217,15 @@ def compact_progress(trainer: Any) -> None:
     from trainer.report import log_line
 
     class CompactProgress(ProgressCallback):
+        first_step = 0  # where this run began: a resumed checkpoint's step (loaded before on_train_begin)
+
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            self.first_step = state.global_step
+            super().on_train_begin(args, state, control, **kwargs)
+
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if state.is_world_process_zero and self.training_bar is not None and logs:
-                self.training_bar.write(log_line(logs, state.global_step, state.max_steps))
+                self.training_bar.write(log_line(logs, state.global_step, state.max_steps, self.first_step))
 
     if trainer.pop_callback(ProgressCallback) is not None:  # absent when the bar is off (disable_tqdm)
         trainer.add_callback(CompactProgress)

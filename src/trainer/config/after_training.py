@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from trainer.config.fields import setting
+from trainer.errors import ConfigError
 
 
 @dataclass
@@ -54,6 +55,16 @@ class EvalConfig:
         "Reuse each finished block (model x dataset x greedy / sampled) of an earlier eval of this run "
         "whose inputs are unchanged (eval/blocks/); false: compute every block again.",
     )
+
+    def __post_init__(self) -> None:
+        # An empty list would evaluate nothing and still write a report that looks finished.
+        if not self.datasets:
+            raise ConfigError(
+                "eval.datasets is empty; list at least one under eval.datasets in the recipe, e.g. "
+                "{name: gsm8k, path: data/eval/gsm8k_test.jsonl, answer_format: gsm8k}."
+            )
+        if not self.models:
+            raise ConfigError("eval.models is empty; name at least one of base, sft, grpo (e.g. eval.models=[base]).")
 
 
 @dataclass

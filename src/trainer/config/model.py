@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Literal
 
 from trainer.config.fields import setting
+from trainer.errors import ConfigError
 
 LORA_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -37,6 +40,33 @@ class ModelConfig:
         "stay plain text there.",
     )
     trust_remote_code: bool = setting(False, "Run model code from the hub repo. Off unless a recipe needs it.")
+
+
+# A Hugging Face hub id: `name` or `org/name` of word characters, '-' and '.' (huggingface_hub's
+# validate_repo_id); anything else can only be a local path.
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+def looks_local(name: str) -> bool:
+    """Whether `name` can only mean a folder here, never a hub id: absolute, starting with ./ ../ or ~,
+    with more than one '/', or otherwise not of the hub's form. `org/name` stays a hub id."""
+    return name.startswith(("/", "./", "../", "~")) or ".." in name or not _HUB_ID.fullmatch(name)
+
+
+def check_model_folder(cfg: ModelConfig, recipe: str | None = None) -> None:
+    """Stop before anything loads when `cfg.name` is a local path (`looks_local`) that is not a folder:
+    transformers would take it for a hub id and say only that it is not of the hub's form.
+    `recipe`: the recipe file, for the hint. Raises ConfigError."""
+    own_gguf = cfg.gguf_file is not None and Path(cfg.gguf_file).is_absolute()  # then `name` is unused
+    if cfg.init == "tiny" or own_gguf or not looks_local(cfg.name):
+        return
+    if cfg.name and Path(cfg.name).expanduser().is_dir():  # Path("") would be the working directory
+        return
+    if Path(cfg.name).parent.name == "models" or (recipe and Path(recipe).name == "qwen2.5-0.5b-gsm8k.yaml"):
+        hint = "for the real model of configs/qwen2.5-0.5b-gsm8k.yaml run `make real-model` first"
+    else:
+        hint = "point model.name at a model folder, or use model.init=tiny for the tiny test model"
+    raise ConfigError(f"model.name '{cfg.name}' is not a folder here (a hub id has the form org/name); {hint}.")
 
 
 @dataclass

@@ -5,6 +5,7 @@ GGUF loading against the backend and vLLM)."""
 from __future__ import annotations
 
 import difflib
+import re
 from dataclasses import dataclass
 from typing import Literal
 
@@ -15,6 +16,13 @@ from trainer.config.model import LoraConfig, ModelConfig
 from trainer.config.sft import SFTConfig
 from trainer.errors import ConfigError
 
+# The trackers the product supports in report_to ('none': as an empty list). transformers knows more
+# (mlflow, comet_ml, ...), but none of those is installed or documented here.
+REPORT_TO = ("tensorboard", "wandb", "trackio", "none")
+
+# run_name is one folder under CHECKPOINT_DIR: no separators, no '..', not hidden, not empty.
+_RUN_NAME = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9._-]*")
+
 
 @dataclass
 class RunConfig:
@@ -23,7 +31,9 @@ class RunConfig:
     backend: Literal["hf", "unsloth"] = setting(
         "hf", "'unsloth': FastLanguageModel on a GPU; 'hf': transformers + PEFT + TRL (CPU or GPU)."
     )
-    report_to: list[str] = setting(["tensorboard"], "Trackers: tensorboard, wandb, trackio (or empty).")
+    report_to: list[str] = setting(
+        ["tensorboard"], "Trackers: tensorboard, wandb, trackio (none or empty: no tracker)."
+    )
     resume: Literal["auto", "fresh", "anyway"] = setting(
         "auto",
         "SFT / GRPO with work already in the stage's folder. 'auto': resume the newest checkpoint when it "
@@ -40,6 +50,16 @@ class RunConfig:
     export: ExportConfig = setting(ExportConfig(), "Adapter / merged model export.")
 
     def __post_init__(self) -> None:
+        if not _RUN_NAME.fullmatch(self.run_name):
+            raise ConfigError(
+                f"run_name {self.run_name!r} is not one folder name; use letters, digits, '.', '_' and '-' "
+                "(not starting with '.'), e.g. run_name=my-run."
+            )
+        for tracker in self.report_to:
+            if tracker not in REPORT_TO:
+                raise ConfigError(
+                    f"report_to: unknown tracker {tracker!r}; valid: {', '.join(REPORT_TO)} (or an empty list [])."
+                )
         g = self.grpo
         # The batch against num_generations depends on the process count: distributed.check_batch_geometry.
         if g.reward_weights is not None and len(g.reward_weights) != len(g.rewards):

@@ -50,7 +50,7 @@ def run_lock(folder: Path, what: str) -> Iterator[None]:
         _remove_empty(created)
 
     try:
-        with _release_on_sigterm(release):
+        with _release_on_sigterm(release, what):
             yield
     finally:
         release()
@@ -107,10 +107,11 @@ def _acquire(path: Path, what: str) -> int:
 
 
 @contextlib.contextmanager
-def _release_on_sigterm(release: Callable[[], None]) -> Iterator[None]:
+def _release_on_sigterm(release: Callable[[], None], what: str) -> Iterator[None]:
     """SIGTERM's default action ends the process without running `finally` blocks, which would leave
-    the lock file behind. While the block runs, SIGTERM first calls `release`, then ends the process
-    by SIGTERM as before (the same exit status: 143 in a shell).
+    the lock file behind. While the block runs, SIGTERM first says on stderr that `what` (the run and
+    stage) stopped, calls `release`, then ends the process by SIGTERM as before (the same exit
+    status: 143 in a shell).
 
     Only where SIGTERM has its default action: a handler already installed (or an ignored SIGTERM)
     is left as it is. Training installs its own for the block's length (stopping.StopOnSignal) and
@@ -121,7 +122,15 @@ def _release_on_sigterm(release: Callable[[], None]) -> Iterator[None]:
         yield
         return
 
+    # This handler runs before training, after it (the final adapter's save) and on a second SIGTERM
+    # during a checkpoint's save: in each, saves are atomic, so a rerun finds whole files only.
+    line = (
+        f"\nSIGTERM: stopped {what} without saving; what was saved before stays whole (saves are atomic): "
+        "run the same command again to go on from there\n"
+    ).encode()
+
     def handle(signum: int, frame: object) -> None:
+        os.write(2, line)  # no locks in a signal handler (print and logging take one)
         release()
         signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)
