@@ -17,7 +17,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import re
 import signal
 import time
@@ -40,6 +39,7 @@ from trainer.volume import (
     sha256_file,
     stage_dir,
     write_run_record,
+    write_text,
 )
 
 log = logging.getLogger(__name__)
@@ -132,12 +132,6 @@ def settings(e: EvalConfig, seed: int, rollout_min_p: float | None = None) -> di
             "other generation setting of the model (repetition penalty, typical_p, ...) is off"
         ),
     }
-
-
-def _write(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -273,8 +267,6 @@ def compute_blocks(
     from trainer.resilience.stopping import StopOnSignal  # imports transformers: not at import time
 
     model, tokenizer = backend.inference_model(cfg, adapters)
-    if distributed.is_main_process():
-        files.blocks.mkdir(parents=True, exist_ok=True)
     stop = StopOnSignal("finishing this block of the evaluation (finished blocks are kept); {name} again stops at once")
     with stop.installed():
         for i, (ds, name, mode) in enumerate(todo, 1):
@@ -283,7 +275,7 @@ def compute_blocks(
             blocks[ds, name, mode] = completions, tokenizer.eos_token
             if distributed.is_main_process():
                 data = {"key": keys[ds, name, mode], "eos_token": tokenizer.eos_token, "completions": completions}
-                _write(path, json.dumps(data, default=asdict) + "\n")
+                write_text(path, json.dumps(data, default=asdict) + "\n")
             if stop.signum is not None and i < len(todo):
                 raise Interrupted(
                     f"eval stopped by {signal.Signals(stop.signum).name} after {len(blocks)} of {len(keys)} blocks, "
@@ -340,10 +332,9 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     if not distributed.is_main_process():
         return report
     files = eval_files(cfg)
-    files.report_json.parent.mkdir(parents=True, exist_ok=True)
-    _write(files.report_json, json.dumps(report, indent=2) + "\n")
-    _write(files.report_md, markdown_report(report) + "\n")
-    _write(files.samples, "".join(json.dumps(s) + "\n" for s in samples))
+    write_text(files.report_json, json.dumps(report, indent=2) + "\n")
+    write_text(files.report_md, markdown_report(report) + "\n")
+    write_text(files.samples, "".join(json.dumps(s) + "\n" for s in samples))
     write_run_record(cfg, "eval", files.record, report=str(files.report_json), computed_blocks=computed)
     if e.limit:
         full = eval_files(replace(cfg, eval=replace(e, limit=None))).report_md

@@ -11,6 +11,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from trainer.volume import write_text
+
 log = logging.getLogger(__name__)
 
 # ---------------------------------------------------------------------------------------------
@@ -215,9 +217,7 @@ def completion_samples_callback(trainer: Any, path: Path, every: int) -> Any:
         def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             if state.is_world_process_zero and path.is_file():
                 keep = [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= state.global_step]
-                tmp = path.with_name(path.name + ".tmp")
-                tmp.write_text("".join(line + "\n" for line in keep))
-                os.replace(tmp, path)
+                write_text(path, "".join(line + "\n" for line in keep))
 
         def on_log(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
             step = state.global_step

@@ -78,6 +78,15 @@ def eval_files(cfg: RunConfig) -> EvalFiles:
     )
 
 
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically (a sibling `.tmp` file, then a rename), making its folder:
+    a reader, or a rerun after a kill, sees the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def sha256_file(path: Path, sync: bool = False) -> str:
     """The sha256 of a file's bytes (hex); `sync` also flushes it to disk first."""
     h = hashlib.sha256()
@@ -182,8 +191,5 @@ def write_run_record(cfg: RunConfig, stage: str, path: Path | None = None, **ext
         **extra,
     }
     path = path or stage_dir(cfg, stage) / "run.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(record, indent=2, default=str) + "\n")
-    os.replace(tmp, path)
+    write_text(path, json.dumps(record, indent=2, default=str) + "\n")
     return path
