@@ -228,7 +228,8 @@ def test_column_mapping_through_make_set() -> None:
 def test_list_of_mappings_through_make_set(capsys: pytest.CaptureFixture) -> None:
     """The form the Makefile help and the error give (no spaces, keys quoted) arrives whole; one with
     spaces, which make cuts at each space, stops with that form (exit 2) before anything loads."""
-    from trainer.cli import WHOLE_VALUE, main, parse_args
+    from trainer.cli import main, parse_args
+    from trainer.config.loading import WHOLE_VALUE
 
     sets = WHOLE_VALUE.removeprefix("SET='").removesuffix("'")
     args = parse_args(make_args("eval", f"{sets} eval.limit=5"))

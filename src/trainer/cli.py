@@ -13,7 +13,7 @@ from typing import Any
 from trainer import distributed
 from trainer.config import RunConfig, load_config
 from trainer.config.model import check_model_folder
-from trainer.errors import ConfigError, UserError
+from trainer.errors import UserError
 
 STAGES = ("sft", "grpo", "eval", "infer", "export", "demo")
 log = logging.getLogger("trainer")
@@ -46,30 +46,6 @@ def _positive_int(text: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {text!r}")
     return int(text)
-
-
-# A list of mappings that survives make's SET, which splits at every space (README, Makefile help).
-WHOLE_VALUE = """SET='eval.datasets=[{"name":gsm8k,"path":data/eval/gsm8k_test.jsonl,"answer_format":gsm8k}]'"""
-
-
-def check_whole(overrides: list[str]) -> None:
-    """Stop on a --set value that opens a YAML list or mapping and does not close it: a value cut at
-    a space, as make's SET cuts `eval.datasets=[{name: a, path: b}]` into `eval.datasets=[{name:`,
-    `a,`, ... (an unquoted shell argument likewise). Raises ConfigError naming the form that works."""
-    import yaml
-
-    for item in overrides:
-        raw = item.partition("=")[2].lstrip()
-        if raw[:1] not in ("[", "{"):
-            continue
-        try:
-            yaml.safe_load(raw)
-        except yaml.YAMLError:
-            raise ConfigError(
-                f"--set '{item}' is not a whole value: make's SET splits at every space. Write the value "
-                f"without spaces, keys in double quotes, SET in single quotes: {WHOLE_VALUE} "
-                "(without make: quote the whole --set argument)."
-            ) from None
 
 
 def run_stage(stage: str, cfg: RunConfig) -> object:
@@ -164,7 +140,6 @@ def _run(args: argparse.Namespace) -> int:
         from dotenv import load_dotenv
 
         load_dotenv(os.environ.get("TRAINER_ENV_FILE", ".env"), override=False)
-        check_whole(args.overrides)
         limit = [f"eval.limit={args.limit}"] if args.limit is not None else []
         cfg = load_config(args.config, [*args.overrides, *limit])
         check_model_folder(cfg.model, args.config)

@@ -110,7 +110,7 @@ def _build(cls: type, data: dict[str, Any], prefix: str = "") -> Any:
             if ":" in str(key):  # YAML read `{name:gsm8k}` (the shell ate the quotes) as one key
                 hint += (
                     " In a mapping written inline, quote the keys or put a space after each colon; through make,"
-                    ' wrap SET in single quotes: SET=\'eval.datasets=[{"name":gsm8k,"path":...}]\'.'
+                    f" wrap SET in single quotes: {WHOLE_VALUE}."
                 )
             raise ConfigError(f"unknown config key '{prefix}{key}'{hint}")
         kwargs[key] = _coerce(value, hints[key], prefix + key)
@@ -127,8 +127,16 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+# A list of mappings that survives make's SET, which splits at every space (README, Makefile help).
+WHOLE_VALUE = """SET='eval.datasets=[{"name":gsm8k,"path":data/eval/gsm8k_test.jsonl,"answer_format":gsm8k}]'"""
+
+
 def parse_overrides(items: list[str]) -> dict[str, Any]:
-    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are YAML scalars or lists."""
+    """`["a.b=1", "c=x"]` -> `{"a": {"b": 1}, "c": "x"}`; values are YAML scalars or lists. A value that
+    is not YAML is taken as text, except one that opens a list or mapping and does not close it: a
+    value cut at a space, as make's SET cuts `eval.datasets=[{name: a, path: b}]` into
+    `eval.datasets=[{name:`, `a,`, ... (an unquoted shell argument likewise). Raises ConfigError,
+    naming the form that works."""
     out: dict[str, Any] = {}
     for item in items:
         key, sep, raw = item.partition("=")
@@ -137,6 +145,12 @@ def parse_overrides(items: list[str]) -> dict[str, Any]:
         try:
             value = yaml.safe_load(raw) if raw else ""
         except yaml.YAMLError:
+            if raw.lstrip()[:1] in ("[", "{"):
+                raise ConfigError(
+                    f"--set '{item}' is not a whole value: make's SET splits at every space. Write the value "
+                    f"without spaces, keys in double quotes, SET in single quotes: {WHOLE_VALUE} "
+                    "(without make: quote the whole --set argument)."
+                ) from None
             value = raw
         node = out
         *parents, leaf = key.strip().split(".")
