@@ -19,7 +19,6 @@ and license. Downloads and the assembled file go to .cache/gguf/ (--cache), outs
 from __future__ import annotations
 
 import argparse
-import hashlib
 import logging
 import os
 import shutil
@@ -34,6 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))  # run from a checkout without installing
 
 from trainer.errors import UserError  # noqa: E402
+from trainer.volume import sha256_file  # noqa: E402
 
 log = logging.getLogger("fetch_gguf_model")
 
@@ -139,16 +139,8 @@ MODELS = {
 }
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _verify(path: Path, want: str, what: str) -> None:
-    got = sha256_of(path)
+    got = sha256_file(path)
     if got != want:
         raise UserError(f"{what} '{path}' has sha256 {got}, expected {want}; delete it and fetch it again.")
 
@@ -226,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             _verify(gguf, model.sha256, f"{args.model} GGUF")
         else:
             gguf = args.cache / model.gguf
-            if not (gguf.is_file() and sha256_of(gguf) == model.sha256):
+            if not (gguf.is_file() and sha256_file(gguf) == model.sha256):
                 parts_dir = args.parts or args.cache / "parts"
                 if args.parts is None:
                     parts_dir.mkdir(parents=True, exist_ok=True)

@@ -194,7 +194,7 @@ def test_fast_engine_generation_equals_generate(tiny_model_dir: Path, monkeypatc
     convs = [prompt_messages(q) for q in ["What is 1 + 1?", "Compute 3 * 4 and then add 5.", "Calculate 9 - 2."]]
     want = generation.generate(model, tok, convs, max_new_tokens=24, batch_size=2)
     monkeypatch.setattr(generation, "_on_gpu", lambda model: True)
-    assert generation._fast_engine(model, tok, "fast", False, 0.0, 0) is not None
+    assert generation._fast_engine(model, tok, "fast", False, 0.0, 0, generation.stop_token_ids(model, tok)) is not None
     got = generation.generate(model, tok, convs, max_new_tokens=24, batch_size=2, engine="fast")
     assert got == want
     sampled = generation.generate(model, tok, convs, max_new_tokens=8, temperature=1.0, num_samples=3, engine="fast")

@@ -84,7 +84,7 @@ def _sign(sign: str, value: Fraction) -> Fraction:
     return -value if sign == "-" else value
 
 
-def _parse_number(s: str, allow_fraction: bool = True) -> tuple[Fraction, str] | None:
+def _parse_number(s: str) -> tuple[Fraction, str] | None:
     """An exact value for a plain number, with its kind: 'decimal', 'fraction' or 'comma' (decimal comma).
 
     Handles ``1,000``, ``1 000``, ``.5``, ``1e3``, ``1.5 \\times 10^{3}``, ``3/4``, ``\\frac{3}{4}``,
@@ -106,8 +106,6 @@ def _parse_number(s: str, allow_fraction: bool = True) -> tuple[Fraction, str] |
             return Fraction(Decimal(m.group(1)) * Decimal(10) ** int(m.group(2))), "decimal"
         if m := _DECIMAL_COMMA.fullmatch(s):
             return _sign(m.group(1), Fraction(Decimal(f"{m.group(2)}.{m.group(3)}"))), "comma"
-        if not allow_fraction:
-            return None
         if m := _MIXED.fullmatch(s):
             whole, num, den = int(m.group(2)), int(m.group(3)), int(m.group(4))
             if den == 0 or num >= den:  # "4 7/6" or "4 0/0" is not a mixed number
@@ -149,7 +147,7 @@ def _parse_bracketed(s: str) -> tuple[str, list[tuple[tuple[Fraction, str], str]
         part = part.strip()
         if part in _INFINITY:
             elements.append(((_INFINITY[part], "infinity"), part))
-        elif (parsed := _parse_number(part, allow_fraction=True)) is not None and parsed[1] != "comma":
+        elif (parsed := _parse_number(part)) is not None and parsed[1] != "comma":
             elements.append((parsed, part))
         else:
             return None

@@ -261,8 +261,9 @@ def _symbolic_equal(pred: str, ref: str) -> bool:
     configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
     # Timeouts are ours (_with_deadline): math-verify's own use signal.alarm, which needs the main
     # thread and whole seconds.
-    gold = parse(_prepare(ref), configs, parsing_timeout=None)  # type: ignore[arg-type]
-    target = parse(_prepare(pred), configs, parsing_timeout=None)  # type: ignore[arg-type]
+    ref, pred = _prepare(ref), _prepare(pred)
+    gold = parse(ref, configs, parsing_timeout=None)  # type: ignore[arg-type]
+    target = parse(pred, configs, parsing_timeout=None)  # type: ignore[arg-type]
     if not gold or not target or _read_partly(ref, gold) or _read_partly(pred, target):
         return False
     if not verify(gold, target, timeout_seconds=None):
@@ -278,14 +279,14 @@ def _symbolic_equal(pred: str, ref: str) -> bool:
     return True
 
 
-def _read_partly(text: str, parsed: list[Any]) -> bool:
-    """Whether math-verify read only the start of an answer meant as one expression.
+def _read_partly(prepared: str, parsed: list[Any]) -> bool:
+    """Whether math-verify read only the start of an answer meant as one expression (`prepared`: the
+    text as `_prepare` gave it to the parser).
 
     Its LaTeX reader stops at the first thing it does not know (``1 - \\frac{1}{\\mathrm{x}}`` is read
     as ``1 - \\frac{1}{``, then as 1): comparing that prefix would judge an answer the parser never
     read. A sentence (the answer found inside it) is not one expression and is left alone.
     """
-    prepared = _prepare(text)
     if not (prepared.startswith("$") and prepared.endswith("$")) or len(parsed) < 2:
         return False
     whole, matched = (re.sub(r"\s+", "", x) for x in (prepared.strip("$"), str(parsed[-1])))

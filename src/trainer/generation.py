@@ -70,15 +70,16 @@ def generate(
 
     tokenizer.padding_side = "left"
     sampling = temperature > 0
-    fast = _fast_engine(model, tokenizer, engine, sampling, temperature, top_k)
+    stops = stop_token_ids(model, tokenizer)
+    fast = _fast_engine(model, tokenizer, engine, sampling, temperature, top_k, stops)
     kwargs: dict[str, Any] = dict(
         max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id, **NEUTRAL_SAMPLING
     )
     if sampling:
         kwargs.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=0.0, num_return_sequences=num_samples)
-    stops = stop_token_ids(model, tokenizer)
     texts = [tokenizer.apply_chat_template(c, tokenize=False, add_generation_prompt=True) for c in conversations]
-    lengths = [len(ids) for ids in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+    prompt_ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+    lengths = [len(ids) for ids in prompt_ids]
     # Longest prompts first: similar lengths share a batch (less padding), and a batch too large for
     # memory shows up at once rather than at the end.
     order = sorted(range(len(texts)), key=lambda i: -lengths[i])
@@ -90,8 +91,8 @@ def generate(
             batch = order[start : start + batch_size]
             if fast is not None:
                 rollout, how = fast
-                prompts = tokenizer([texts[i] for i in batch], add_special_tokens=False)["input_ids"]
-                gen = rollout.generate([p for p in prompts for _ in range(per)], max_new_tokens, how).completion_ids
+                prompts = [prompt_ids[i] for i in batch for _ in range(per)]
+                gen = rollout.generate(prompts, max_new_tokens, how).completion_ids
             else:
                 enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = enc.to(model.device)
@@ -105,9 +106,10 @@ def generate(
 
 
 def _fast_engine(
-    model: Any, tokenizer: Any, engine: str, sampling: bool, temperature: float, top_k: int
+    model: Any, tokenizer: Any, engine: str, sampling: bool, temperature: float, top_k: int, stops: set[int]
 ) -> tuple[Any, Any] | None:
-    """(RolloutEngine, Sampling) where `engine` is 'fast' and the engine runs this model, else None."""
+    """(RolloutEngine, Sampling) where `engine` is 'fast' and the engine runs this model, else None.
+    `stops`: the token ids that end a completion (stop_token_ids)."""
     if engine != "fast":
         return None
     from trainer.rollout import RolloutEngine, Sampling, unsupported_reason
@@ -119,7 +121,7 @@ def _fast_engine(
             log.info("generating with transformers' generate: %s", reason)
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    rollout = RolloutEngine(model, eos_token_ids=sorted(stop_token_ids(model, tokenizer)), pad_token_id=pad)
+    rollout = RolloutEngine(model, eos_token_ids=sorted(stops), pad_token_id=pad)
     how = Sampling(do_sample=sampling, temperature=temperature if sampling else 1.0, top_k=top_k if sampling else 0)
     return rollout, how
 

@@ -146,18 +146,18 @@ def tie_duplicate_embedding(model: Any, info: GGUFInfo) -> bool:
     embed, head = model.get_input_embeddings(), model.get_output_embeddings()
     if head is None or embed.weight.shape != head.weight.shape:
         return False
+    kept = "output" if info.bits["output"] > info.bits["token_embd"] else "token_embd"
     with torch.no_grad():
         a, b = embed.weight.float(), head.weight.float()
         distance = ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
         if distance > TIE_TOLERANCE:
             return False
-        if info.bits["output"] > info.bits["token_embd"]:
+        if kept == "output":
             embed.weight.copy_(head.weight)
     head.weight = embed.weight
     model.config.tie_word_embeddings = True
     if hasattr(model.config, "get_text_config"):
         model.config.get_text_config().tie_word_embeddings = True
-    kept = "output" if info.bits["output"] > info.bits["token_embd"] else "token_embd"
     log.info(
         "GGUF: output layer tied to the embedding (copies %.3f apart; kept %s, %s)",
         distance,
