@@ -25,8 +25,10 @@ from typing import Any
 
 
 def newest_checkpoint(stage_dir: Path) -> Path | None:
-    found = list((stage_dir / "checkpoints").glob("checkpoint-*"))
-    return max(found, key=lambda p: int(p.name.split("-")[1])) if found else None
+    from trainer.resilience.checkpoints import checkpoints  # src/ is on PYTHONPATH (gpu-check.sh)
+
+    found = checkpoints(stage_dir / "checkpoints")  # oldest step first
+    return found[-1] if found else None
 
 
 def grpo_steps(history: list[dict[str, Any]], completions: int) -> list[tuple[int, float, float]]:

@@ -126,8 +126,7 @@ def check_rollout_engine(cfg: RunConfig) -> None:
     the frozen ones out anew (trainer.rollout.layout); FSDP holds them as shards of each GPU, and
     DeepSpeed owns their storage. Under DDP each process holds the whole model, as on one GPU."""
     engine = sharding()
-    g = cfg.grpo
-    if engine is None or cfg.backend != "hf" or g.use_vllm or g.rollout_engine != "fast":
+    if engine is None or cfg.grpo.use_vllm or not cfg.fast_rollouts:
         return
     raise ConfigError(
         f"grpo.rollout_engine: fast runs under DDP only (it reads the whole model on every GPU), and this launch "

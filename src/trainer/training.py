@@ -89,8 +89,7 @@ def use_vllm(cfg: RunConfig) -> bool:
     from trainer.unsloth_backend import vllm_imports
 
     if not cfg.grpo.use_vllm:
-        fast = cfg.backend == "hf" and cfg.grpo.rollout_engine == "fast"
-        how = "the fast engine (grpo.rollout_engine: fast)" if fast else "the model's generate"
+        how = "the fast engine (grpo.rollout_engine: fast)" if cfg.fast_rollouts else "the model's generate"
         log.info("GRPO rollouts: %s; grpo.use_vllm is false", how)
         return False
     if not vllm_imports():

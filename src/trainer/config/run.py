@@ -49,6 +49,13 @@ class RunConfig:
     infer: InferConfig = setting(InferConfig(), "One-prompt inference.")
     export: ExportConfig = setting(ExportConfig(), "Adapter / merged model export.")
 
+    @property
+    def fast_rollouts(self) -> bool:
+        """Whether GRPO's trainer is the fast rollout engine's (grpo.rollout_engine 'fast' applies to
+        backend hf; Unsloth's trainer generates its own way). Whether it then rolls out is the
+        trainer's call at run time (FastGRPOTrainer.fast_rollout_reason: vLLM, sharding, the model)."""
+        return self.backend == "hf" and self.grpo.rollout_engine == "fast"
+
     def __post_init__(self) -> None:
         if not _RUN_NAME.fullmatch(self.run_name):
             raise ConfigError(

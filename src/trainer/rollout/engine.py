@@ -28,7 +28,6 @@ DONE_CHECK_EVERY = 64  # tokens between checks whether every row has finished (a
 # bucket) it meets, 32 buckets at 4,096 slots on the compiled-glue path; dynamo's default (8, meant
 # for training code) raised under fullgraph=True once a run met more shapes than that.
 RECOMPILE_LIMIT = 256
-PROJECTION_GROUPS = (("q_proj", "k_proj", "v_proj"), ("o_proj",), ("gate_proj", "up_proj"), ("down_proj",))
 
 
 class RolloutEngine(_ForwardPass, _DecodeLoop):

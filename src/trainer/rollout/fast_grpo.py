@@ -349,9 +349,8 @@ def trainer_class(cfg: RunConfig, default: type) -> type:
     """The GRPO trainer class for the recipe: FastGRPOTrainer where `grpo.rollout_engine` is 'fast'
     on backend hf, else `default` (TRL's class, or Unsloth's patched one on backend unsloth, whose
     model and trainer the fast engine has not been measured with)."""
-    if cfg.grpo.rollout_engine != "fast":
-        return default
-    if cfg.backend != "hf":
+    if cfg.fast_rollouts:
+        return FastGRPOTrainer
+    if cfg.grpo.rollout_engine == "fast":
         log.info("grpo.rollout_engine: fast applies to backend hf; backend %s generates its own way", cfg.backend)
-        return default
-    return FastGRPOTrainer
+    return default
