@@ -114,7 +114,11 @@ class RolloutEngine(_ForwardPass, _DecodeLoop):
             # This step writes slot p_pad + t - 1. The attention kernel reads only the live slots,
             # so one graph serves every step; otherwise one per bucket of 128 slots.
             bucket = st.slots if self._kernel_path else _round_up(p_pad + t, KV_BUCKET)
-            graph = self._graph(bucket) if self.cuda_graphs else None
+            # Not for the last token: capturing warms up with two steps, and the second would write
+            # past the end of the output (one column beyond max_new_tokens) where a new bucket first
+            # appears at the last step (p_pad + max_new_tokens = 2 mod 128); that step runs eagerly.
+            last = t + 1 == max_new_tokens
+            graph = self._graph(bucket) if self.cuda_graphs and not last else None
             if graph is not None:
                 graph.replay()
             else:
