@@ -268,6 +268,10 @@ TINY_VALUES: list[Case] = [
     ("10^{-20}", "2\\cdot 10^{-20}", False),
     ("\\frac{1}{2^{99}}", "2^{-99}", True),
     ("\\frac{\\sqrt{2}}{10^{9}}", "\\frac{\\sqrt{3}}{10^{9}}", False),
+    ("1e-30", "2e-30", False),
+    ("e^{-50}", "e^{-51}", False),
+    ("\\frac{1}{10^{7}}", "0", False),
+    ("1+10^{-9}", "1", False),
 ]
 
 # The parser stops at what it does not know; that prefix is not the answer.
@@ -278,6 +282,14 @@ READ_PARTLY: list[Case] = [
     ("2", "2 + \\mathrm{i}", False),
     ("1", "1 - \\frac{1}{\\mathrm{x}}", False),
     ("1 - \\frac{1}{\\mathrm{x}}", "1", False),
+    ("1", "1 + \\operatorname{sgn}(x)", False),
+    ("1", "1 - \\frac{1}{\\operatorname{e}}", False),
+    ("5", "5 + \\foo{x}", False),
+    ("1 - \\frac{1}{\\mathrm{x}}", "1 - \\frac{1}{\\mathrm{y}}", False),  # the same readable start
+    ("\\operatorname{sgn}(x)", "\\operatorname{sgn}( x )", True),  # unreadable, but the same text
+    ("2", "2\\pi", False),
+    ("2", "2 + \\sqrt{3}", False),
+    ("3", "3\\text{ cm}^2", True),  # a unit is dropped on purpose
 ]
 
 MARKDOWN: list[Case] = [
@@ -286,6 +298,10 @@ MARKDOWN: list[Case] = [
     ("__73__", "73", True),
     ("**\\frac{1}{2}**", "0.5", True),
     ("**74**", "73", False),
+    ("`73`", "73", True),
+    ("\\boxed{**73**}", "73", True),
+    ("**\\boxed{73}**", "73", True),
+    ("***73***", "73", True),
 ]
 
 # A bare list joined by commas, "and" or "or" is the set of its elements (see answers_equivalent).
@@ -301,6 +317,10 @@ WORD_LISTS: list[Case] = [
     ("1, 2 and 4", "1, 2, 3", False),
     ("$1$ and $2$", "1", False),
     ("1", "1 and 2", False),
+    ("1 and 2", "2 and 1", True),
+    ("1 or 2", "1, 2", True),
+    ("-1 and 2", "2, -1", True),
+    ("\\frac{1}{2} and 3", "3, 0.5", True),
 ]
 
 ALL_CASES: list[Case] = (

@@ -10,8 +10,18 @@ import re
 from decimal import Decimal, InvalidOperation
 from fractions import Fraction
 
-# Markdown emphasis ("**73**") is a delimiter too: models trained on chat data bold their answers.
-_DELIMITERS = (("$$", "$$"), ("$", "$"), ("\\(", "\\)"), ("\\[", "\\]"), ("**", "**"), ("__", "__"), ("*", "*"))
+# Markdown emphasis ("**73**") and code ("`73`") are delimiters too: models trained on chat data
+# bold their answers or set them as code.
+_DELIMITERS = (
+    ("$$", "$$"),
+    ("$", "$"),
+    ("\\(", "\\)"),
+    ("\\[", "\\]"),
+    ("**", "**"),
+    ("__", "__"),
+    ("*", "*"),
+    ("`", "`"),
+)
 _WRAPPER_CMDS = ("\\boxed{", "\\fbox{", "\\text{", "\\textbf{", "\\mathrm{", "\\mathbf{")
 
 _DECIMAL = re.compile(r"([+-]?)(\d+(?:\.\d*)?|\.\d+)(?:[eE]([+-]?\d{1,4}))?")

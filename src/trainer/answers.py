@@ -256,16 +256,15 @@ def _warm_up() -> None:
 
 
 def _symbolic_equal(pred: str, ref: str) -> bool:
-    from math_verify import ExprExtractionConfig, LatexExtractionConfig, parse, verify
+    from math_verify import ExprExtractionConfig, LatexExtractionConfig, verify
 
     configs = [LatexExtractionConfig(boxed_match_priority=0), ExprExtractionConfig()]
     # Timeouts are ours (_with_deadline): math-verify's own use signal.alarm, which needs the main
     # thread and whole seconds.
     ref, pred = _prepare(ref), _prepare(pred)
-    gold = parse(ref, configs, parsing_timeout=None)  # type: ignore[arg-type]
-    target = parse(pred, configs, parsing_timeout=None)  # type: ignore[arg-type]
-    if not gold or not target or _read_partly(ref, gold) or _read_partly(pred, target):
-        return False
+    gold, target = _parse(ref, configs), _parse(pred, configs)
+    if not gold or not target or isinstance(gold[0], str) or isinstance(target[0], str):
+        return False  # an answer the parser could not read equals only its own text (answers_equivalent)
     if not verify(gold, target, timeout_seconds=None):
         return False
     # math-verify rounds numbers to 6 decimal places, so 0.0000672 "equals" 0.0000671; require the
@@ -279,22 +278,19 @@ def _symbolic_equal(pred: str, ref: str) -> bool:
     return True
 
 
-def _read_partly(prepared: str, parsed: list[Any]) -> bool:
-    """Whether math-verify read only the start of an answer meant as one expression (`prepared`: the
-    text as `_prepare` gave it to the parser).
+def _parse(prepared: str, configs: list[Any]) -> list[Any]:
+    """math-verify's reading of a prepared answer: [value, matched text], or [text] where it read no value.
 
-    Its LaTeX reader stops at the first thing it does not know (``1 - \\frac{1}{\\mathrm{x}}`` is read
-    as ``1 - \\frac{1}{``, then as 1): comparing that prefix would judge an answer the parser never
-    read. A sentence (the answer found inside it) is not one expression and is left alone.
+    One expression is read whole or not at all (extraction_mode first_match): where its LaTeX reader
+    fails on the whole (``1 + \\operatorname{sgn}(x)``), math-verify's default goes on to a smaller
+    match inside it (the ``1``) and would compare that as the answer. A sentence is searched for the
+    answer it holds, as math-verify does by default.
     """
-    if not (prepared.startswith("$") and prepared.endswith("$")) or len(parsed) < 2:
-        return False
-    whole, matched = (re.sub(r"\s+", "", x) for x in (prepared.strip("$"), str(parsed[-1])))
-    # A unit the parser drops on purpose ("15\\mbox{ cm}^2") is not a part left unread.
-    return whole.startswith(matched) and not _DROPPED_UNIT.fullmatch(whole[len(matched) :])
+    from math_verify import parse
 
-
-_DROPPED_UNIT = re.compile(r"(?:\\(?:text|mbox|textnormal|mathrm)\{[A-Za-z]{2,}[A-Za-z.]*\}(?:\^\{?\d\}?)?)*")
+    one_expression = prepared.startswith("$") and prepared.endswith("$")  # as _prepare gives it
+    mode = "first_match" if one_expression else "any_match"
+    return parse(prepared, configs, parsing_timeout=None, extraction_mode=mode)  # type: ignore[arg-type]
 
 
 def _normalized_text(s: str) -> str:
