@@ -206,7 +206,8 @@ def test_default_format_rejects_trailing_lines_and_multiple_blocks():
     assert score("default", "check_answer", texts, answer="4") == [5.0, 5.0, -2.0, -2.0]
 
 
-@pytest.mark.parametrize("blank", [" ", "", "\n\t ", "  \n"])
+# Whitespace, and answers that are only wrappers or punctuation: nothing is there once unwrapped.
+@pytest.mark.parametrize("blank", [" ", "", "\n\t ", "  \n", "$ $", "$$", "\\boxed{ }", "**", ".", "?", "\\(\\)"])
 def test_default_format_pays_nothing_for_an_empty_answer(blank):
     text = f"<end_working_out><SOLUTION>{blank}</SOLUTION>"
     assert score("default", "match_format_exactly", [text, text + EOS]) == [0.0, 0.0]

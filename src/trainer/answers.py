@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import signal
+import string
 import threading
 from collections.abc import Callable
 from fractions import Fraction
@@ -30,7 +31,15 @@ from trainer.format import REASONING_END, SOLUTION_END, SOLUTION_START
 
 logger = logging.getLogger(__name__)
 
-__all__ = ["answers_equivalent", "extract_solution", "follows_format", "seed_format_regex", "strict_format_regex"]
+__all__ = [
+    "answers_equivalent",
+    "extract_solution",
+    "follows_format",
+    "formatted_answer",
+    "holds_answer",
+    "seed_format_regex",
+    "strict_format_regex",
+]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -60,15 +69,25 @@ def strict_format_regex(eos_token: str | None) -> re.Pattern[str]:
     Differences from the seed regex (both are defects there): ``$`` is the end of the text, not of
     any line (the seed accepts ``</SOLUTION>`` followed by more lines), and neither the gap before
     ``<SOLUTION>`` nor the answer may contain a solution tag (the seed's lazy ``(.+?)`` stretches over
-    ``</SOLUTION> ... <SOLUTION>`` to find a later end). The answer must hold a non-space character:
-    the seed pays format credit for ``<SOLUTION> </SOLUTION>``, an answer that is not there.
+    ``</SOLUTION> ... <SOLUTION>`` to find a later end). Whether the captured answer holds anything is
+    `holds_answer`'s call, not the regex's.
     """
     tempered = rf"(?:(?!{_ANY_SOL_TAG}).)"
-    visible = rf"(?:(?!{_ANY_SOL_TAG})\S)"
     return re.compile(
-        rf"{_END}{tempered}*?{_SOL}({tempered}*?{visible}{tempered}*?){_SOL_END}\s*{_eos_part(eos_token)}\s*\Z",
+        rf"{_END}{tempered}*?{_SOL}({tempered}*?){_SOL_END}\s*{_eos_part(eos_token)}\s*\Z",
         flags=re.DOTALL,
     )
+
+
+def holds_answer(answer: str) -> bool:
+    """Whether a captured answer says anything: once unwrapped (math delimiters, markdown, ``\\boxed{}``,
+    a final period) it holds a character other than whitespace and ASCII punctuation. The seed pays
+    format credit for ``<SOLUTION> </SOLUTION>``, and ``$ $``, ``\\boxed{}`` or ``.`` are no answer either.
+
+    >>> [holds_answer(a) for a in ["42", "\\\\infty", " ", "$ $", "\\\\boxed{}", "**", "?"]]
+    [True, True, False, False, False, False, False]
+    """
+    return any(not c.isspace() and c not in string.punctuation for c in _unwrap(answer))
 
 
 _STRICT_NO_EOS = strict_format_regex(None)
@@ -84,7 +103,14 @@ def follows_format(text: str, eos_token: str | None = None) -> bool:
     False
     """
     pattern = _STRICT_NO_EOS if not eos_token else strict_format_regex(eos_token)
-    return pattern.search(text) is not None
+    return formatted_answer(text, pattern) is not None
+
+
+def formatted_answer(text: str, pattern: re.Pattern[str]) -> str | None:
+    """The answer of a text that follows the format under `pattern` (a `strict_format_regex`), or
+    None: where the text does not, or its answer holds nothing (`holds_answer`). Returned unstripped."""
+    match = pattern.search(text)
+    return match.group(1) if match is not None and holds_answer(match.group(1)) else None
 
 
 def extract_solution(text: str) -> str | None:

@@ -24,7 +24,7 @@ from trainer.answer_parsing import _number_value
 
 # answers_equivalent is re-exported (and kept in __all__): the product's documented API is
 # trainer.rewards.answers_equivalent; it lives in trainer.answers, beside the extraction it is used with.
-from trainer.answers import answers_equivalent, extract_solution, seed_format_regex, strict_format_regex
+from trainer.answers import answers_equivalent, formatted_answer, seed_format_regex, strict_format_regex
 from trainer.errors import ConfigError
 from trainer.format import REASONING_END, SOLUTION_END, SOLUTION_START
 
@@ -131,13 +131,14 @@ def _seed_check_numbers(text: str, answer: Any, fmt: _Format) -> float:
 
 
 def _match_format_exactly(text: str, answer: Any, fmt: _Format) -> float:
-    """+3.0 when the completion follows the format (one solution block, ending the text), else 0.
+    """+3.0 when the completion follows the format (one solution block, ending the text, holding an
+    answer: `holds_answer`), else 0.
 
     >>> f, = build_reward_funcs("default", ["match_format_exactly"], eos_token="</s>", error_score=0.0)
     >>> f(None, ["x<end_working_out><SOLUTION>4</SOLUTION></s>", "x<end_working_out><SOLUTION>4</SOLUTION>\\nP.S."])
     [3.0, 0.0]
     """
-    return 3.0 if fmt.strict.search(text) is not None else 0.0
+    return 3.0 if formatted_answer(text, fmt.strict) is not None else 0.0
 
 
 def _closeness(guess: Fraction, reference: Fraction) -> float:
@@ -164,10 +165,8 @@ def _check_answer(text: str, answer: Any, fmt: _Format) -> float:
     >>> f(None, [done.format(a) for a in ["1,000", "\\\\frac{2000}{2}", " 1000 ", "-1000", "950", "x"]], answer=["1000"] * 6)
     [5.0, 5.0, 3.5, -2.5, 2.0, -4.5]
     """
-    if fmt.strict.search(text) is None:
-        return -2.0
-    guess = extract_solution(text)
-    if guess is None:  # unreachable when the format matched; kept for safety
+    guess = formatted_answer(text, fmt.strict)
+    if guess is None:
         return -2.0
     reference = str(answer)
     if answers_equivalent(guess, reference):
