@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -172,7 +173,33 @@ def test_eval_row_with_an_empty_answer_is_refused_or_skipped(tmp_path: Path, ans
         eval_problems(cfg, None)
     cfg.on_bad_row = "skip"
     assert eval_problems(cfg, None) == [{"question": "1+1?", "answer": "2"}]
-    assert "1 of 2 rows skipped for an empty value" in caplog.text
+    assert "1 of 2 rows skipped for an empty or unreadable value" in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("answer", "problem"),
+    [
+        ("2 + 2 = 4\n#### ", "no answer after '####' in column 'answer'"),
+        ("2 + 2 = 4\n####\n", "no answer after '####' in column 'answer'"),
+        ("The answer is 4.", "no '####' in column 'answer'"),
+    ],
+)
+def test_gsm8k_row_without_a_final_answer_is_refused_or_skipped(
+    tok, tmp_path: Path, answer: str, problem: str, caplog
+) -> None:
+    """answer_format gsm8k reads the answer after '####': none there is an empty answer."""
+    f = _rows_file(
+        tmp_path, [{"question": "1+1?", "answer": "1 + 1 = 2\n#### 2"}, {"question": "2+2?", "answer": answer}]
+    )
+    eval_cfg = EvalDatasetConfig(name="e", path=str(f), answer_format="gsm8k")
+    grpo_cfg = DatasetConfig(path=str(f), answer_format="gsm8k")
+    for read in (lambda: eval_problems(eval_cfg, None), lambda: grpo_prompts(grpo_cfg, tok, quantile=1.0)[0]):
+        with pytest.raises(DataError, match=rf"{f}:2: {re.escape(problem)}.*on_bad_row: skip"):
+            read()
+    eval_cfg.on_bad_row = grpo_cfg.on_bad_row = "skip"
+    assert eval_problems(eval_cfg, None) == [{"question": "1+1?", "answer": "2"}]
+    assert [r["answer"] for r in grpo_prompts(grpo_cfg, tok, quantile=1.0)[0]] == ["2"]
+    assert "1 of 2 rows skipped for an empty or unreadable value" in caplog.text
 
 
 def test_sft_row_with_an_empty_problem_names_its_row_in_parquet(tmp_path: Path, tok) -> None:

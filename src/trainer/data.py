@@ -79,13 +79,19 @@ def load_rows(path: str, *, name: str | None = None, split: str = "train", on_ba
 
 
 def select_columns(
-    rows: list[dict], wanted: dict[str, str], mapping: dict[str, str], source: str, on_bad_row: str = "error"
+    rows: list[dict],
+    wanted: dict[str, str],
+    mapping: dict[str, str],
+    source: str,
+    on_bad_row: str = "error",
+    answer_format: str = "plain",
 ) -> list[dict]:
     """Rename the dataset's columns to the stage's names; error naming any that are missing.
 
-    A row whose value is null, empty or only whitespace in one of them is an error naming its
-    `file:line` (a row number for other sources) and the column, or with `on_bad_row: skip` is
-    skipped and counted in the log."""
+    A row whose value is null, empty or only whitespace in one of them, or (answer_format gsm8k)
+    whose answer has no '####' or nothing after it, is an error naming its `file:line` (a row
+    number for other sources) and the column, or with `on_bad_row: skip` is skipped and counted in
+    the log."""
     unknown = set(mapping) - set(wanted)
     if unknown:
         raise DataError(f"{source}: columns mapping names {sorted(unknown)}, but this stage uses {sorted(wanted)}.")
@@ -101,10 +107,9 @@ def select_columns(
             )
     out = []
     for i, row in enumerate(rows):
-        empty = [t for t in cols.values() if row.get(t) is None or not str(row.get(t)).strip()]
-        if empty:
+        if problem := _bad_value(row, cols, answer_format):
             where = getattr(row, "where", None) or f"{source}: row {i + 1}"
-            msg = f"{where}: no value (null or empty) in column '{empty[0]}'"
+            msg = f"{where}: {problem}"
             if on_bad_row == "error":
                 raise DataError(f"{msg}; fix the row or set on_bad_row: skip for this dataset.")
             log.warning("%s; skipped", msg)
@@ -112,9 +117,26 @@ def select_columns(
         out.append({ours: v if isinstance(v := row[theirs], str) else str(v) for ours, theirs in cols.items()})
     if len(out) < len(rows):
         log.warning(
-            "%s: %d of %d rows skipped for an empty value (on_bad_row: skip)", source, len(rows) - len(out), len(rows)
+            "%s: %d of %d rows skipped for an empty or unreadable value (on_bad_row: skip)",
+            source,
+            len(rows) - len(out),
+            len(rows),
         )
     return _nonempty(out, "a value in every column", source)
+
+
+def _bad_value(row: dict, cols: dict[str, str], answer_format: str) -> str | None:
+    """What is wrong with a row's values (`cols`: stage name -> the dataset's column), or None."""
+    empty = [t for t in cols.values() if row.get(t) is None or not str(row.get(t)).strip()]
+    if empty:
+        return f"no value (null or empty) in column '{empty[0]}'"
+    if answer_format == "gsm8k":
+        column, text = cols["answer"], str(row[cols["answer"]])
+        if "####" not in text:
+            return f"no '####' in column '{column}' (answer_format gsm8k: a worked solution ending in '#### <answer>')"
+        if not text.rsplit("####", 1)[1].strip():
+            return f"no answer after '####' in column '{column}'"
+    return None
 
 
 def _nonempty(rows: list, what: str, source: str) -> list:
@@ -152,7 +174,7 @@ def _stage_rows(cfg: DatasetConfig, wanted: dict[str, str], gsm8k: dict[str, str
     if cfg.answer_format == "plain":
         return select_columns(rows, wanted, cfg.columns, cfg.path, cfg.on_bad_row)
     out = []
-    for r in select_columns(rows, EVAL_COLUMNS, cfg.columns, cfg.path, cfg.on_bad_row):
+    for r in select_columns(rows, EVAL_COLUMNS, cfg.columns, cfg.path, cfg.on_bad_row, "gsm8k"):
         working, final = split_gsm8k(r["answer"], cfg.path)
         parts = {"question": r["question"], "working": working, "answer": final}
         out.append({ours: parts[theirs] for theirs, ours in gsm8k.items()})
@@ -224,7 +246,7 @@ def eval_problems(cfg: EvalDatasetConfig, limit: int | None) -> list[dict[str, s
     """Held-out problems {question, answer}; GSM8K answers reduced to the text after '####'."""
     source = f"eval dataset '{cfg.name}' ({cfg.path})"
     rows = load_rows(cfg.path, name=cfg.config, split=cfg.split, on_bad_row=cfg.on_bad_row)
-    rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source, cfg.on_bad_row)
+    rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source, cfg.on_bad_row, cfg.answer_format)
     if cfg.answer_format == "gsm8k":
         for r in rows:
             r["answer"] = split_gsm8k(r["answer"], source)[1]
