@@ -133,6 +133,12 @@ def test_bad_yaml_and_missing_file(tmp_path: Path) -> None:
         ("seed=-1", r"'seed' must be at least 0"),
         ("grpo.dataset.limit=0", r"'grpo.dataset.limit' must be at least 1"),
         ("eval.datasets=[{name: a, path: b.jsonl, limit: 0}]", r"'eval.datasets\[0\].limit' must be at least 1"),
+        ("sft.max_steps=0", r"'sft.max_steps' must be -1 \(run num_train_epochs\) or at least 1, got 0"),
+        ("sft.learning_rate=.inf", r"'sft.learning_rate' must be a finite number, got inf"),
+        ("grpo.temperature=.nan", r"'grpo.temperature' must be a finite number, got nan"),
+        ("sft.num_train_epochs=inf", r"'sft.num_train_epochs' must be a finite number, got 'inf'"),
+        ("grpo.reward_error_score=-.inf", r"'grpo.reward_error_score' must be a finite number, got -inf"),
+        ("grpo.reward_weights=[1, .nan, 1, 1]", r"'grpo.reward_weights\[1\]' must be a finite number, got nan"),
     ],
 )
 def test_numbers_out_of_range_are_refused(override: str, message: str) -> None:

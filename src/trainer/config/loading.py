@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import os
 import types
 import typing
@@ -38,6 +39,10 @@ def _type_name(tp: Any) -> str:
     )
 
 
+class _NotFinite(ConfigError):
+    """A number of the right type that no setting takes (inf, nan)."""
+
+
 def _coerce(value: Any, tp: Any, key: str) -> Any:
     """Check `value` against the annotation `tp`; return it converted (dicts to dataclasses)."""
     if dataclasses.is_dataclass(tp):
@@ -50,6 +55,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         for arg in typing.get_args(tp):
             try:
                 return _coerce(value, arg, key)
+            except _NotFinite:
+                raise  # the type fits: say what is wrong with the value, not with its type
             except ConfigError as e:
                 errors.append(e)
         raise ConfigError(f"config key '{key}' must be {_type_name(tp)}, got {value!r}.")
@@ -84,13 +91,20 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
     elif tp is float:
+        number = None
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        if isinstance(value, str):  # YAML 1.1 reads `2e-4` (no dot) as a string
+            number = float(value)
+        elif isinstance(value, str):  # YAML 1.1 reads `2e-4` (no dot) as a string
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
+        if number is not None:
+            # YAML reads .inf and .nan: no setting means either (an infinite learning rate trained
+            # until the non-finite guard stopped it; a NaN reward weight poisons every advantage).
+            if not math.isfinite(number):
+                raise _NotFinite(f"config key '{key}' must be a finite number, got {value!r}.")
+            return number
     elif tp is str:
         if isinstance(value, str):
             return value

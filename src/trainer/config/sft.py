@@ -6,6 +6,7 @@ from dataclasses import dataclass
 
 from trainer.config.dataset import DatasetConfig
 from trainer.config.fields import setting
+from trainer.errors import ConfigError
 
 
 @dataclass
@@ -28,3 +29,9 @@ class SFTConfig:
     keep_checkpoints: int = setting(
         2, "Resumable checkpoints kept (the newest verified ones); older ones are deleted. At least 1.", ge=1
     )
+
+    def __post_init__(self) -> None:
+        # transformers reads 0 as unset and trains num_train_epochs, which is what -1 says: a 0 meant
+        # as "no steps" would train the whole schedule.
+        if self.max_steps == 0:
+            raise ConfigError("config key 'sft.max_steps' must be -1 (run num_train_epochs) or at least 1, got 0.")
