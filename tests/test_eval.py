@@ -521,8 +521,30 @@ def test_missing_tracker_is_a_clear_error(volume: Path, tiny_model_dir: Path, ca
     assert not list(volume.rglob("adapter*")) and not list(volume.rglob("events.out.*"))  # nothing trained
 
 
-def test_generation_ignores_the_models_own_sampling_fields(tiny_model_dir: Path) -> None:
-    """transformers fills unset generation fields from the model's generation_config; ours pins them."""
+# Fields a hub model's generation_config may set; "drawn" stands for the tokens that greedy decoding
+# draws without them, so that each field would change the completions where it applied.
+FOREIGN_GENERATION_FIELDS = [
+    {
+        "repetition_penalty": 50.0,
+        "no_repeat_ngram_size": 1,
+        "typical_p": 0.2,
+        "min_p": 0.9,
+        "min_new_tokens": 6,
+        "suppress_tokens": "drawn",
+    },
+    {"bad_words_ids": "drawn"},
+    {"sequence_bias": "drawn"},
+    {"exponential_decay_length_penalty": (1, 50.0)},
+    {"num_beams": 2, "num_return_sequences": 2},
+    {"return_dict_in_generate": True, "output_scores": True},
+    {"stop_strings": ["a"]},
+]
+
+
+@pytest.mark.parametrize("fields", FOREIGN_GENERATION_FIELDS, ids=lambda f: ",".join(f))
+def test_generation_ignores_the_models_own_sampling_fields(tiny_model_dir: Path, fields: dict, caplog) -> None:
+    """transformers fills unset generation fields from the model's generation_config; ours leaves
+    them out (logged) and puts the model's own back after."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     from trainer.format import apply_format, prompt_messages
@@ -540,7 +562,16 @@ def test_generation_ignores_the_models_own_sampling_fields(tiny_model_dir: Path)
 
     clean = {t: texts(t) for t in (0.0, 1.0)}
     drawn = sorted({i for t in clean[0.0] for i in tok(t, add_special_tokens=False)["input_ids"]})
-    g = model.generation_config
-    g.repetition_penalty, g.no_repeat_ngram_size, g.typical_p, g.min_p = 50.0, 1, 0.2, 0.9
-    g.min_new_tokens, g.suppress_tokens = 6, drawn
-    assert {t: texts(t) for t in (0.0, 1.0)} == clean
+    as_set = {
+        "suppress_tokens": drawn,
+        "bad_words_ids": [[i] for i in drawn],
+        "sequence_bias": {(i,): -100.0 for i in drawn},
+    }
+    for name, value in fields.items():
+        setattr(model.generation_config, name, as_set[name] if value == "drawn" else value)
+    own = model.generation_config.to_dict()
+    with caplog.at_level(logging.INFO, logger="trainer.generation"):
+        assert {t: texts(t) for t in (0.0, 1.0)} == clean
+    assert model.generation_config.to_dict() == own  # what export saves
+    assert "not applied: generation uses the recipe's settings only" in caplog.text
+    assert all(f"{name}=" in caplog.text for name in fields)

@@ -196,6 +196,33 @@ def test_grpo_trainer_rolls_out_with_the_engine(tiny_model_dir: Path, tmp_path: 
     assert [len(lp) for lp in logps] == [len(c) for c in completions]  # TRL's sampling_per_token_logps
 
 
+@pytest.mark.slow
+def test_trl_rollouts_leave_out_the_models_own_generation_fields(
+    volume: Path, tiny_model_dir: Path, sft_volume: Path, tmp_path: Path
+) -> None:
+    """TRL's generate (grpo.rollout_engine trl) fills unset fields from the model's generation_config,
+    as eval's does: here stop strings, which transformers' generate refuses without a tokenizer."""
+    import json
+    import shutil
+
+    from trainer.cli import main
+
+    model_dir = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    config = json.loads((model_dir / "generation_config.json").read_text())
+    (model_dir / "generation_config.json").write_text(json.dumps({**config, "stop_strings": ["a"]}))
+    sets = [
+        f"model.name={model_dir}",
+        f"grpo.start_from={sft_volume / 'tiny/sft/adapter'}",
+        "grpo.rollout_engine=trl",
+        "grpo.max_steps=1",
+        "grpo.per_device_train_batch_size=4",
+        "grpo.max_completion_length=8",
+        "report_to=[]",
+    ]
+    assert main(["grpo", "--config", "configs/tiny.yaml", *[a for s in sets for a in ("--set", s)]]) == 0
+    assert json.loads((volume / "tiny/grpo/run.json").read_text())["global_step"] == 1
+
+
 def grpo_trainer(model, tok, tmp_path: Path, **args):
     import datasets
     from trl import GRPOConfig

@@ -10,7 +10,6 @@ import pytest
 
 from trainer.config import load_config
 from trainer.errors import UserError
-from trainer.generation import NEUTRAL_SAMPLING
 from trainer.grpo import vllm_args
 from trainer.training import check_backend, report_overrides
 from trainer.unsloth_backend import from_pretrained_kwargs
@@ -52,9 +51,8 @@ def test_vllm_args_follow_the_rollout_choice(vllm: bool) -> None:
     assert settings["use_vllm"] is vllm
     assert settings["vllm_max_model_length"] == 2048  # no rollout is longer than model.max_seq_length
     assert settings["vllm_importance_sampling_correction"] is False  # the recipe's, not TRL's default (on)
-    # vLLM samples with TRL's own fields (temperature, top_p, top_k, min_p); transformers' extra
-    # generation settings go only to the model's generate.
-    assert settings["generation_kwargs"] == (None if vllm else NEUTRAL_SAMPLING)
+    # TRL's own fields (temperature, top_p, top_k, min_p) and nothing else, on either path.
+    assert settings["generation_kwargs"] is None
 
 
 def test_unsloth_from_pretrained_for_the_reference_recipe() -> None:

@@ -4,14 +4,16 @@ the time: it decodes every row of a batch in one CUDA-graph step per token."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 from tqdm.auto import tqdm
 
 log = logging.getLogger(__name__)
-_SAID: set[str] = set()  # the reasons for not using the fast engine, logged once each
+_SAID: set[str] = set()  # messages logged once each (_say)
 
 
 @dataclass
@@ -21,21 +23,64 @@ class Completion:
     truncated: bool  # hit max_new_tokens before EOS
 
 
-# transformers 5 fills every generation field a caller leaves unset from the model's own
-# generation_config (a hub model may ship a repetition penalty, typical_p, suppressed tokens, min_p).
-# The recipe sets temperature, top_k, top_p and min_p; every other field that changes which token is
-# drawn is pinned here to the value that changes nothing, for eval, infer and TRL's rollouts alike
-# (the fast engine applies none of them). min_p 0 is min-p off, where the recipe leaves it null.
-NEUTRAL_SAMPLING: dict[str, Any] = {
-    "repetition_penalty": 1.0,
-    "typical_p": 1.0,
-    "no_repeat_ngram_size": 0,
-    "min_new_tokens": 0,
-    "suppress_tokens": [],
-    "begin_suppress_tokens": [],
-    "epsilon_cutoff": 0.0,
-    "eta_cutoff": 0.0,
-}
+# What a model's generation_config keeps while the product generates (recipe_sampling_only): its
+# token ids, and bookkeeping that changes no token.
+_KEPT_FIELDS = ("bos_token_id", "eos_token_id", "pad_token_id", "decoder_start_token_id")
+_BOOKKEEPING = ("transformers_version", "_from_model_config", "use_cache", "output_attentions", "output_hidden_states")
+
+
+@contextlib.contextmanager
+def recipe_sampling_only(model: Any) -> Iterator[None]:
+    """Within this block, `model`'s generate applies the sampling settings its caller passes and no
+    others: eval, infer and GRPO rollouts alike (the fast rollout engine applies none either).
+
+    transformers 5 fills every field a caller leaves unset from the model's generation_config, and
+    a hub model may ship any of them: a repetition penalty, typical_p, min_p, bad words, a sequence
+    bias, beams, stop strings. So the config is swapped for one holding only the model's token ids,
+    and restored after (export saves the model's own); the fields left out are logged once.
+    `model`: a transformers or PEFT model; anything without a generation_config is left alone."""
+    from transformers import GenerationConfig
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    shipped = getattr(base, "generation_config", None)
+    if shipped is None:
+        yield
+        return
+    defaults = shipped._get_default_generation_params()
+    left_out = {
+        k: v
+        for k, v in shipped.to_diff_dict().items()
+        if k not in _KEPT_FIELDS and k not in _BOOKKEEPING and v is not None and v != defaults.get(k)
+    }
+    if left_out:
+        fields = ", ".join(f"{k}={v!r}" for k, v in sorted(left_out.items()))
+        _say(f"the model's generation_config sets {fields}; not applied: generation uses the recipe's settings only")
+    base.generation_config = GenerationConfig(
+        **{k: getattr(shipped, k) for k in _KEPT_FIELDS if getattr(shipped, k, None) is not None}
+    )
+    try:
+        yield
+    finally:
+        base.generation_config = shipped
+
+
+def rollouts_with_recipe_sampling(trainer: Any) -> None:
+    """GRPO rollouts through TRL's (or Unsloth's) generate under `recipe_sampling_only`, as eval
+    and infer generate, so that the recipe's sampling settings are the only ones on every path."""
+    original = trainer._generate_single_turn
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        with recipe_sampling_only(trainer.model):
+            return original(*args, **kwargs)
+
+    trainer._generate_single_turn = generate
+
+
+def _say(message: str) -> None:
+    """Log `message` once per process (eval generates per model and dataset, GRPO per step)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        log.info("%s", message)
 
 
 def stop_token_ids(model: Any, tokenizer: Any) -> set[int]:
@@ -61,9 +106,9 @@ def generate(
 ) -> list[list[Completion]]:
     """`num_samples` completions per conversation, in input order; temperature 0 means greedy.
 
-    Sampling settings are passed explicitly (top_k 0 is off, top_p 1, min_p off, and the rest at
-    NEUTRAL_SAMPLING), so a model's own generation_config (Qwen3 ships top_k 20, top_p 0.95) does not
-    change what is measured. `engine` 'fast': the rollout engine on a CUDA model it supports (the
+    Sampling settings are passed explicitly (top_k 0 is off, top_p 1, min_p off) and nothing else
+    applies (`recipe_sampling_only`), so a model's own generation_config (Qwen3 ships top_k 20,
+    top_p 0.95) does not change what is measured. `engine` 'fast': the rollout engine on a CUDA model it supports (the
     same settings: temperature, top-k, nothing else), else `generate` with the reason logged.
     """
     import torch
@@ -73,7 +118,7 @@ def generate(
     stops = stop_token_ids(model, tokenizer)
     fast = _fast_engine(model, tokenizer, engine, sampling, temperature, top_k, stops)
     kwargs: dict[str, Any] = dict(
-        max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id, **NEUTRAL_SAMPLING
+        max_new_tokens=max_new_tokens, do_sample=sampling, pad_token_id=tokenizer.pad_token_id
     )
     if sampling:
         kwargs.update(temperature=temperature, top_k=top_k, top_p=1.0, min_p=0.0, num_return_sequences=num_samples)
@@ -96,7 +141,7 @@ def generate(
             else:
                 enc = tokenizer([texts[i] for i in batch], return_tensors="pt", padding=True, add_special_tokens=False)
                 enc = enc.to(model.device)
-                with torch.inference_mode():
+                with torch.inference_mode(), recipe_sampling_only(model):
                     ids = model.generate(**enc, **kwargs)
                 gen = ids[:, enc["input_ids"].shape[1] :].tolist()
             for j, i in enumerate(batch):
@@ -116,9 +161,7 @@ def _fast_engine(
 
     reason = "the model is not on a GPU" if not _on_gpu(model) else unsupported_reason(model)
     if reason is not None:
-        if reason not in _SAID:  # once per process: eval calls this per model and dataset
-            _SAID.add(reason)
-            log.info("generating with transformers' generate: %s", reason)
+        _say(f"generating with transformers' generate: {reason}")
         return None
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     rollout = RolloutEngine(model, eos_token_ids=sorted(stops), pad_token_id=pad)

@@ -13,7 +13,7 @@ from trainer import distributed
 from trainer.config import RunConfig
 from trainer.data import grpo_prompts
 from trainer.errors import UserError
-from trainer.generation import NEUTRAL_SAMPLING
+from trainer.generation import rollouts_with_recipe_sampling
 from trainer.models import vllm_memory_share
 from trainer.resilience.resume import check_resume
 from trainer.training import (
@@ -54,9 +54,8 @@ def vllm_args(cfg: RunConfig, vllm: bool) -> dict[str, Any]:
         vllm_importance_sampling_correction=g.vllm_importance_sampling_correction,
         vllm_server_host=g.vllm_server_host,
         vllm_server_port=g.vllm_server_port,
-        # vLLM takes its own sampling parameters (these names are transformers'): TRL's vLLM path
-        # gets none, and is not covered by this rule.
-        generation_kwargs=None if vllm else dict(NEUTRAL_SAMPLING),
+        # Nothing beyond the recipe's sampling fields: rollouts run under recipe_sampling_only (main).
+        generation_kwargs=None,
     )
 
 
@@ -114,6 +113,7 @@ def main(cfg: RunConfig) -> Path:
         processing_class=tokenizer,
     )
     log.info("GRPO trainer: %s.%s", type(trainer).__module__, type(trainer).__name__)
+    rollouts_with_recipe_sampling(trainer)
     if cfg.backend == "unsloth" and not vllm:
         from trainer.unsloth_backend import rollouts_in_inference_mode
 

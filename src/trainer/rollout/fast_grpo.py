@@ -32,7 +32,6 @@ from trl import GRPOTrainer
 from trl.extras.profiling import profiling_context
 
 from trainer.config import RunConfig
-from trainer.generation import NEUTRAL_SAMPLING
 from trainer.rollout import RolloutEngine, Sampling, causal_lm, unsupported_reason
 from trainer.rollout.glue import _rms_norm, _silu_mul
 
@@ -137,7 +136,7 @@ class FastGRPOTrainer(GRPOTrainer):
             return "grpo.use_vllm is on (vLLM generates)"
         if self.use_transformers_continuous_batching:
             return "TRL's paged (continuous-batching) generation is on"
-        if self.repetition_penalty != 1.0 or self.args.generation_kwargs not in (None, {}, NEUTRAL_SAMPLING):
+        if self.repetition_penalty != 1.0 or self.args.generation_kwargs not in (None, {}):
             return "repetition_penalty or generation_kwargs are set"
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return "the model is sharded (DeepSpeed / FSDP)"
