@@ -196,6 +196,28 @@ def test_grpo_trainer_rolls_out_with_the_engine(tiny_model_dir: Path, tmp_path: 
     assert [len(lp) for lp in logps] == [len(c) for c in completions]  # TRL's sampling_per_token_logps
 
 
+@pytest.mark.parametrize(
+    ("args", "engine"),
+    [
+        ({}, True),
+        ({"generation_kwargs": {}}, True),
+        ({"repetition_penalty": 1.2}, False),  # the engine has no repetition penalty
+        ({"generation_kwargs": {"typical_p": 0.5}}, False),  # nor any other transformers field
+    ],
+)
+def test_sampling_the_engine_lacks_sends_rollouts_to_trl(
+    tiny_model_dir: Path, tmp_path: Path, args: dict, engine: bool, caplog
+) -> None:
+    model, tok = lora_model(tiny_model_dir, torch.float32, "cpu")
+    trainer = grpo_trainer(model, tok, tmp_path, max_completion_length=8, **args)
+    assert (trainer.fast_rollout_reason() is None) == engine
+    completions, _ = trainer._generate_single_turn([tok(p)["input_ids"] for p in PROMPTS], None, {})
+    assert len(completions) == 4 and (trainer._rollout_engine is not None) == engine
+    assert (
+        "fast rollouts off, TRL generates: repetition_penalty or generation_kwargs are set" in caplog.text
+    ) != engine
+
+
 @pytest.mark.slow
 def test_trl_rollouts_leave_out_the_models_own_generation_fields(
     volume: Path, tiny_model_dir: Path, sft_volume: Path, tmp_path: Path
