@@ -324,6 +324,30 @@ def test_grpo_rerun_of_a_finished_stage_changes_nothing(
     assert "grpo.temperature 1.0 -> 0.5" in error_line(capsys)
 
 
+@pytest.mark.slow
+def test_grpo_made_from_another_sft_adapter_is_not_resumed(
+    volume: Path, tiny_model_dir: Path, sft_adapter: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """SFT trained again (other data, resume=fresh) writes its adapter to the same path: GRPO work
+    made from the old one is refused by name, whether its checkpoint or only its record is left."""
+    from safetensors.torch import load_file, save_file
+
+    start = shutil.copytree(sft_adapter, tmp_path / "sft-adapter")
+    args = [f"model.name={tiny_model_dir}", f"grpo.start_from={start}", *FAST, "grpo.max_steps=1", "grpo.save_steps=1"]
+    assert run("grpo", args) == 0
+    weights = start / "adapter_model.safetensors"
+    save_file({k: v + 0.01 for k, v in load_file(weights).items()}, weights)
+    capsys.readouterr()
+    for more in ([], ["grpo.max_steps=2"]):  # finished, or to go on
+        assert run("grpo", [*args, *more]) == 2
+        line = error_line(capsys)
+        assert "was made with other settings (start_adapter_sha256 '" in line and "resume=fresh" in line
+    shutil.rmtree(volume / "tiny/grpo/checkpoints")
+    assert run("grpo", args) == 2
+    assert error_line(capsys).startswith(f"error: grpo: the finished run in {volume / 'tiny/grpo'} was made with other")
+    assert run("grpo", [*args, "resume=fresh"]) == 0
+
+
 @pytest.mark.parametrize(
     ("bad", "where"),
     [

@@ -15,7 +15,7 @@ from trainer.data import grpo_prompts
 from trainer.errors import UserError
 from trainer.generation import rollouts_with_recipe_sampling
 from trainer.models import vllm_memory_share
-from trainer.resilience.resume import check_resume
+from trainer.resilience.resume import START_WEIGHTS, adapter_weights, check_resume
 from trainer.training import (
     check_backend,
     common_args,
@@ -128,6 +128,7 @@ def main(cfg: RunConfig) -> Path:
         trainer,
         tokenizer,
         start_adapter=str(start),
+        **{START_WEIGHTS: adapter_weights(start)},
         max_prompt_length=max_prompt,
         max_completion_length=max_completion,
     )

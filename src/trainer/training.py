@@ -9,10 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from trainer import distributed, models
-from trainer.config import RunConfig, to_dict
+from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.resilience import checkpoints
-from trainer.resilience.resume import resume_settings
+from trainer.resilience.resume import stage_settings
 from trainer.resilience.stopping import NonFiniteGuard, StopOnSignal
 from trainer.volume import save_adapter, stage_dir, write_run_record
 
@@ -183,7 +183,7 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
     out = Path(trainer.args.output_dir)
     stop = StopOnSignal()
     keep = getattr(cfg, stage).keep_checkpoints
-    settings = resume_settings(to_dict(cfg), stage)
+    settings = stage_settings(cfg, stage)
     for callback in (stop, checkpoints.CheckpointManifest(keep, settings), NonFiniteGuard(stage)):
         trainer.add_callback(callback)
     compact_progress(trainer)

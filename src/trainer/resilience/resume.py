@@ -14,7 +14,7 @@ from trainer import distributed
 from trainer.config import RunConfig, to_dict
 from trainer.errors import UserError, override
 from trainer.resilience.checkpoints import MANIFEST, last_checkpoint
-from trainer.volume import is_adapter, stage_dir
+from trainer.volume import find_adapter, is_adapter, sha256_file, stage_dir
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,26 @@ def resume_settings(config: dict[str, Any], stage: str) -> dict[str, Any]:
     return flat
 
 
+# GRPO's settings also hold the weights it started from: the SFT adapter can be trained again (with
+# other data, resume=fresh) under the same path, and GRPO work made from the old one is not this run's.
+START_WEIGHTS = "start_adapter_sha256"
+
+
+def adapter_weights(adapter: Path) -> str:
+    """An adapter's identity: the first 12 hex digits of its weights' sha256."""
+    return sha256_file(adapter / "adapter_model.safetensors")[:12]
+
+
+def stage_settings(cfg: RunConfig, stage: str) -> dict[str, Any]:
+    """What a checkpoint of `stage` records and a resume compares: `resume_settings`, and for GRPO
+    the start adapter's weights (`START_WEIGHTS`) where that adapter exists. Raises UserError for a
+    `grpo.start_from` folder that holds no adapter."""
+    settings = resume_settings(to_dict(cfg), stage)
+    if stage == "grpo" and (start := find_adapter(cfg, cfg.grpo.start_from or "sft")) is not None:
+        settings[START_WEIGHTS] = adapter_weights(start)
+    return settings
+
+
 def _read_json(path: Path) -> dict[str, Any] | None:
     try:
         return json.loads(path.read_text())
@@ -76,7 +96,7 @@ def check_resume(cfg: RunConfig, stage: str) -> Path | None:
             log.warning("resume: fresh: deleting the checkpoints in %s and training %s from scratch", ckpts, stage)
             shutil.rmtree(ckpts)
         return None
-    now = resume_settings(to_dict(cfg), stage)
+    now = stage_settings(cfg, stage)
     record = _read_json(out / "run.json") if is_adapter(out / "adapter") else None
     last = last_checkpoint(ckpts)
     manifest = _read_json(last / MANIFEST) if last else None
@@ -90,9 +110,16 @@ def check_resume(cfg: RunConfig, stage: str) -> Path | None:
             resume_settings(record["config"], stage),
             record["global_step"],
         )
+        if START_WEIGHTS in record:
+            saved[START_WEIGHTS] = record[START_WEIGHTS]
         total = step
     else:
         return None
+    if saved is not None and (START_WEIGHTS not in saved or START_WEIGHTS not in now):
+        # Nothing to compare: made before start adapters were recorded, or the start adapter is
+        # gone (a finished stage needs none; grpo says so when it would train).
+        saved.pop(START_WEIGHTS, None)
+        now.pop(START_WEIGHTS, None)
     if saved is None:
         log.warning("%s records no settings (an older version made it); resuming without comparing them", what)
     elif (
