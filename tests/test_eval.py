@@ -41,7 +41,9 @@ def done(answer: str, work: str = "2 + 2 = 4") -> str:
         (done("\\boxed{12}"), "12", True),
         (done("5"), "4", False),
         (done("**73**"), "73", True),  # markdown emphasis
+        (done("`73`"), "73", True),  # markdown code
         (done(" "), "0", False),  # an empty answer
+        (done("$ $"), "0", False),  # only a wrapper
         ("<SOLUTION>4</SOLUTION>", "4", False),  # no working-out end tag: not the format's answer
         ("2 + 2 = 4", "4", False),  # no solution block at all
     ],
