@@ -46,7 +46,8 @@ def recipe_sampling_only(model: Any) -> Iterator[None]:
     if shipped is None:
         yield
         return
-    defaults = shipped._get_default_generation_params()
+    # transformers' own defaults (top_k 50, ...) are not the model's settings: not worth a log line.
+    defaults = getattr(shipped, "_get_default_generation_params", dict)()
     left_out = {
         k: v
         for k, v in shipped.to_diff_dict().items()
@@ -108,8 +109,9 @@ def generate(
 
     Sampling settings are passed explicitly (top_k 0 is off, top_p 1, min_p off) and nothing else
     applies (`recipe_sampling_only`), so a model's own generation_config (Qwen3 ships top_k 20,
-    top_p 0.95) does not change what is measured. `engine` 'fast': the rollout engine on a CUDA model it supports (the
-    same settings: temperature, top-k, nothing else), else `generate` with the reason logged.
+    top_p 0.95) does not change what is measured. `engine` 'fast': the rollout engine on a CUDA
+    model it supports (the same settings: temperature, top-k, nothing else), else `generate` with
+    the reason logged.
     """
     import torch
 
