@@ -131,10 +131,12 @@ def _bad_value(row: dict, cols: dict[str, str], answer_format: str) -> str | Non
     if empty:
         return f"no value (null or empty) in column '{empty[0]}'"
     if answer_format == "gsm8k":
-        column, text = cols["answer"], str(row[cols["answer"]])
-        if "####" not in text:
-            return f"no '####' in column '{column}' (answer_format gsm8k: a worked solution ending in '#### <answer>')"
-        if not text.rsplit("####", 1)[1].strip():
+        column = cols["answer"]
+        try:
+            final = split_gsm8k(str(row[column]))[1]
+        except DataError:
+            return f"no '####' in column '{column}' (answer_format gsm8k: a solution ending in '#### <answer>')"
+        if not final:
             return f"no answer after '####' in column '{column}'"
     return None
 
