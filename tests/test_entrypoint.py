@@ -29,6 +29,7 @@ def fake_nvidia_smi(bin_dir: Path, output: str, rc: int = 0) -> None:
             {},
             "nvidia-smi is present but failed",
         ),
+        ("infer", ("", 0), {}, "error: nvidia-smi lists no GPU"),  # driver mounted, no device passed in
         ("sft", None, {"TRAINER_REQUIRE_GPU": "0", "CHECKPOINT_DIR": "/proc/no-such-dir"}, "is not writable by uid"),
         ("train", None, {}, "error: unknown stage 'train'"),
     ],

@@ -88,6 +88,21 @@ def test_report_compares_grpo_with_sft() -> None:
     assert "at most 9 new tokens" in text
 
 
+@pytest.mark.parametrize(
+    ("num_samples", "sentence"),
+    [
+        (0, "a greedy completion per problem, at most 9 new tokens"),
+        (1, "one greedy and 1 sampled completion per problem (temperature 1.0, top_k 50, seed 1)"),
+        (2, "one greedy and 2 sampled completions per problem (temperature 1.0, top_k 50, seed 1)"),
+    ],
+)
+def test_report_says_how_many_completions_it_scored(num_samples: int, sentence: str) -> None:
+    row = dict(n=1, format_adherence=1.0, mean_completion_tokens=5.0, truncation_rate=0.0, **{"pass@1_greedy": 1.0})
+    results = [{"dataset": "d", "model": "sft", **row, "pass@1_sampled": 1.0 if num_samples else None}]
+    settings = {"num_samples": num_samples, "temperature": 1.0, "top_k": 50, "seed": 1, "max_new_tokens": 9}
+    assert sentence in markdown_report({"results": results, "settings": settings})
+
+
 def test_report_gives_the_paired_error_of_a_change() -> None:
     """GRPO vs SFT on the same problems: the standard error of the per-problem differences, which is
     what tells a real change from noise (here 2 of 10 problems flip to right: +20 points)."""
@@ -444,9 +459,10 @@ def test_reward_series_and_plot(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("logs", "line"),
+    ("stage", "logs", "line"),
     [
         (  # SFT: what transformers logs, less the epoch and token counts
+            "sft",
             {
                 "loss": 7.417,
                 "grad_norm": 1.014,
@@ -454,9 +470,10 @@ def test_reward_series_and_plot(tmp_path: Path) -> None:
                 "mean_token_accuracy": 0.0557,
                 "epoch": 0.33,
             },
-            "step 10/120  loss 7.417  token accuracy 0.056  grad norm 1.01  lr 4.83e-03",
+            "sft step 10/120  loss 7.417  token accuracy 0.056  grad norm 1.01  lr 4.83e-03",
         ),
         (  # GRPO: the total reward with each reward's mean after it
+            "grpo",
             {
                 "loss": 0.0,
                 "reward": 0.5,
@@ -470,13 +487,14 @@ def test_reward_series_and_plot(tmp_path: Path) -> None:
                 "sampling/sampling_logp_difference/mean": 0.00731,
                 "step_time": 0.2184,
             },
-            "step 10/120  loss 0  reward 0.5 (format 3, check_answer -2.5)  accuracy 0.12  length 19.2  truncated 0.00"
-            "  logp gap 0.0073  step 0.22 s",
+            "grpo step 10/120  loss 0  reward 0.5 (format 3, check_answer -2.5)  accuracy 0.12  length 19.2"
+            "  truncated 0.00  logp gap 0.0073  step 0.22 s",
         ),
+        ("", {"loss": 0.5}, "step 10/120  loss 0.5"),  # no stage given: no lead word
     ],
 )
-def test_log_line(logs: dict, line: str) -> None:
-    assert log_line(logs, 10, 120) == line
+def test_log_line(stage: str, logs: dict, line: str) -> None:
+    assert log_line(logs, 10, 120, stage=stage) == line
 
 
 # (step, max_steps, step this run began at, the end-of-training line): what this run did, not the total.
@@ -490,7 +508,7 @@ SUMMARIES = [
 
 @pytest.mark.parametrize(("step", "max_steps", "first_step", "line"), SUMMARIES)
 def test_the_summary_line_says_what_this_run_did(step: int, max_steps: int, first_step: int, line: str) -> None:
-    assert log_line({"train_runtime": 24.08, "train_loss": 1.39}, step, max_steps, first_step) == line
+    assert log_line({"train_runtime": 24.08, "train_loss": 1.39}, step, max_steps, first_step, "sft") == f"sft {line}"
 
 
 def test_completion_rows() -> None:

@@ -65,6 +65,12 @@ def test_demo_prints_the_table_once_and_where_eval_wrote(volume: Path, tiny_over
         assert run("demo", tiny_overrides) == 0
     out = capsys.readouterr().out
     assert out.count("| dataset |") == 1 and out.index("demo finished") < out.index("| dataset |")
+    # Both stages count steps from 1: each line says which stage it is.
+    lines = out.splitlines()
+    for lead in ("sft step 1/2  loss ", "sft done: 2 steps in ", "grpo step 1/2  loss ", "grpo done: 2 steps in "):
+        assert any(line.startswith(lead) for line in lines), lead
+    assert not [line for line in lines if line.startswith(("step ", "done"))]
+    assert "What these numbers mean" in out and "GRPO's loss stays near 0" in out
     evals = volume / "tiny/eval"
     assert f"  eval report:  {evals / 'report-limit4.md'}\n" in out and (evals / "report-limit4.md").is_file()
     assert not (evals / "report.md").exists() and "no full evaluation yet" in caplog.text

@@ -64,9 +64,11 @@ TINY_NOTE = """\
 What these numbers mean: the demo model is a tiny random Qwen3 (4 layers, hidden 128) trained for
 seconds on one-digit sums (src/trainer/sample_data/). SFT teaches it the answer format: compare the
 format column of base and SFT. It is far too small to learn the arithmetic itself, so pass@1 stays at
-a few percent, and a GRPO-vs-SFT change of a few points is noise (see the ± column). The demo shows
-that every stage runs and writes what it should (the answer above is most likely wrong too); it says
-nothing about what a real model learns.
+a few percent, and a GRPO-vs-SFT change of a few points is noise (compare it with the ± after it).
+The demo shows that every stage runs and writes what it should (the answer above is most likely
+wrong too); it says nothing about what a real model learns.
+In the grpo lines, read reward and accuracy: GRPO's loss stays near 0 by construction, and a step
+whose completions all scored alike has nothing to learn from (loss 0, grad norm 0).
   GRPO learning, on a task the tiny model can learn: docs/learning.md, tests/test_learning.py
   GSM8K / MATH-500 need a real model: README.md, "On a GPU" (configs/qwen3-4b.yaml)"""
 

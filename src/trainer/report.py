@@ -149,18 +149,20 @@ _LINE_FIELDS = [
 ]
 
 
-def log_line(logs: dict[str, Any], step: int, max_steps: int, first_step: int = 0) -> str:
-    """The Trainer's logs of one step as one line, e.g. `step 5/20  reward 0.5 (format 3, ...)  lr 5.00e-04`.
+def log_line(logs: dict[str, Any], step: int, max_steps: int, first_step: int = 0, stage: str = "") -> str:
+    """The Trainer's logs of one step as one line, e.g. `grpo step 5/20  reward 0.5 (format 3, ...)  lr 5.00e-04`.
 
-    GRPO's per-reward means come in brackets after the total. The end-of-training summary says what
-    this run did: `done: N steps in T s`; resumed after step `first_step`, `done: 56 steps this run
-    (65-120) in T s`; ended before `max_steps` (a signal), `stopped at step S/M: ...` instead of done.
-    Everything the Trainer logs still goes to TensorBoard / trackers."""
+    `stage` (sft, grpo) leads the line: the demo runs both with the same step counter. GRPO's
+    per-reward means come in brackets after the total. The end-of-training summary says what this run
+    did: `done: N steps in T s`; resumed after step `first_step`, `done: 56 steps this run (65-120) in
+    T s`; ended before `max_steps` (a signal), `stopped at step S/M: ...` instead of done. Everything
+    the Trainer logs still goes to TensorBoard / trackers."""
+    lead = f"{stage} " if stage else ""
     if "train_runtime" in logs:
         trained = f"{step - first_step} steps this run ({first_step + 1}-{step})" if first_step else f"{step} steps"
         head = "done" if step >= max_steps else f"stopped at step {step}/{max_steps}"
-        return f"{head}: {trained} in {logs['train_runtime']:.1f} s"
-    parts = [f"step {step}/{max_steps}"]
+        return f"{lead}{head}: {trained} in {logs['train_runtime']:.1f} s"
+    parts = [f"{lead}step {step}/{max_steps}"]
     rewards = {k.split("/")[1]: v for k, v in logs.items() if k.startswith("rewards/") and k.endswith("/mean")}
     for key, label, fmt in _LINE_FIELDS:
         value = logs.get(key)
@@ -316,8 +318,9 @@ def markdown_report(report: dict[str, Any]) -> str:
     if s:
         how = "a greedy completion per problem"
         if s["num_samples"]:
+            plural = "s" if s["num_samples"] > 1 else ""
             how = (
-                f"a greedy and {s['num_samples']} sampled completion(s) per problem "
+                f"one greedy and {s['num_samples']} sampled completion{plural} per problem "
                 f"(temperature {s['temperature']}, top_k {s['top_k']}, seed {s['seed']})"
             )
         lines += ["", f"{how}, at most {s['max_new_tokens']} new tokens; ± is one standard error over problems."]

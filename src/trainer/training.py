@@ -186,7 +186,7 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
     settings = stage_settings(cfg, stage)
     for callback in (stop, checkpoints.CheckpointManifest(keep, settings), NonFiniteGuard(stage)):
         trainer.add_callback(callback)
-    compact_progress(trainer)
+    compact_progress(trainer, stage)
     resume = last_checkpoint(trainer.args)
     if distributed.is_main_process():
         checkpoints.remove_newer(out, Path(resume) if resume else None)
@@ -208,9 +208,10 @@ def train(trainer: Any, cfg: RunConfig, stage: str) -> None:
     stop.raise_if_stopped(trainer.state, out, stage)
 
 
-def compact_progress(trainer: Any) -> None:
-    """Keep transformers' progress bar, but print each logging step as one line (report.log_line)
-    instead of the dict of every metric (40 keys a step in GRPO): the full set is in TensorBoard."""
+def compact_progress(trainer: Any, stage: str) -> None:
+    """Keep transformers' progress bar, but print each logging step as one line (report.log_line),
+    led by `stage`, instead of the dict of every metric (40 keys a step in GRPO): the full set is in
+    TensorBoard."""
     from transformers.trainer_callback import ProgressCallback
 
     from trainer.report import log_line
@@ -224,7 +225,7 @@ def compact_progress(trainer: Any) -> None:
 
         def on_log(self, args: Any, state: Any, control: Any, logs: dict | None = None, **kwargs: Any) -> None:
             if state.is_world_process_zero and self.training_bar is not None and logs:
-                self.training_bar.write(log_line(logs, state.global_step, state.max_steps, self.first_step))
+                self.training_bar.write(log_line(logs, state.global_step, state.max_steps, self.first_step, stage))
 
     if trainer.pop_callback(ProgressCallback) is not None:  # absent when the bar is off (disable_tqdm)
         trainer.add_callback(CompactProgress)
