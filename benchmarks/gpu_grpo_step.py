@@ -19,14 +19,18 @@ import statistics
 import sys
 
 from trainer.cli import main as cli_main
-from trainer.cli import parse_args
+from trainer.cli import parse_args, setup_logging
 from trainer.config import load_config
+from trainer.distributed import one_gpu_per_process
 from trainer.volume import stage_dir
 
 
 def main(argv: list[str]) -> int:
     args = parse_args(["grpo", *argv])
     cfg = load_config(args.config, args.overrides)
+    # Before Unsloth, as the CLI does: its import would leave the stage's INFO lines out, and starts CUDA.
+    setup_logging()
+    one_gpu_per_process()
     if cfg.backend == "unsloth":
         from trainer.unsloth_backend import activate
 

@@ -6,7 +6,13 @@ from pathlib import Path
 
 import pytest
 
+from trainer.distributed import one_gpu_per_process
+
 ROOT = Path(__file__).resolve().parents[1]
+
+# The GPU tests build trainers in this one process: on a machine with several GPUs, transformers would
+# wrap their models in DataParallel. The product's own rule applies (GPU 0 only), before CUDA starts.
+one_gpu_per_process()
 
 
 @pytest.fixture(autouse=True)

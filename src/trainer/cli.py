@@ -119,8 +119,11 @@ def demo(cfg: RunConfig, config_path: str) -> None:
             print(f"\n{TINY_NOTE}")
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+def setup_logging() -> None:
+    """This package's INFO lines on the main process (WARNING on the others), with a time stamp.
+
+    Call before importing Unsloth or vLLM where a program does (benchmarks/gpu_grpo_step.py): a root
+    handler of theirs would make this a no-op and leave the INFO lines out."""
     logging.basicConfig(
         level=distributed.log_level(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S"
     )
@@ -128,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
     # dataset had no length ... drop the remainder yourself" at the end of a resumed epoch, which reads
     # like a fault and is none: accelerate's warnings still show.
     logging.getLogger("accelerate").setLevel(logging.WARNING)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    setup_logging()
+    distributed.one_gpu_per_process()
     ok = False
     try:
         code = _run(args)

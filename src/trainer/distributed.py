@@ -21,6 +21,7 @@ from trainer.config import RunConfig
 from trainer.errors import ConfigError, UserError, override
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def _state() -> Any:
@@ -133,6 +134,39 @@ def check_rollout_engine(cfg: RunConfig) -> None:
         f"uses {engine}; launch with configs/accelerate/ddp.yaml where the model fits one GPU, or keep {engine} "
         f"with TRL's generate: {override('grpo.rollout_engine=trl')}."
     )
+
+
+def one_gpu_per_process(gpu_count: Callable[[], int] | None = None) -> str | None:
+    """A stage started as one process on a machine with several GPUs trains on one of them.
+
+    transformers' Trainer wraps the model in torch.nn.DataParallel when a single process sees several
+    GPUs; TRL's GRPO and the fast rollout engine do not work under it (seen on two H200s: a crash in
+    DataParallel's scatter at the first loss), and DDP is the faster way to use them for SFT too.
+    So, unless this process belongs to a launch of several, only the first visible GPU stays visible:
+    set here, before CUDA starts, so every library sees the one. Returns the line it logged, or None.
+    gpu_count: how many GPUs CUDA would show (default torch.cuda.device_count, which asks NVML and
+    leaves CUDA uninitialized)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        return None
+    listed = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if listed is not None:
+        ids = [i.strip() for i in listed.split(",") if i.strip()]
+        count, first = len(ids), ids[0] if ids else ""
+    else:
+        if gpu_count is None:
+            import torch
+
+            gpu_count = torch.cuda.device_count
+        count, first = gpu_count(), "0"
+    if count < 2:
+        return None
+    os.environ["CUDA_VISIBLE_DEVICES"] = first
+    line = (
+        f"{count} GPUs visible to one process: this run uses one (CUDA_VISIBLE_DEVICES={first}); "
+        f"to train on all {count}, run with GPUS={count} (make) or under accelerate launch (docs/scaling.md)"
+    )
+    log.info(line)
+    return line
 
 
 def log_level() -> int:

@@ -16,6 +16,7 @@ from typing import Any
 
 from transformers import TrainerCallback
 
+from trainer.distributed import sharding
 from trainer.errors import Interrupted, NonFinite
 from trainer.resilience.checkpoints import last_checkpoint
 
@@ -91,6 +92,21 @@ class StopOnSignal(TrainerCallback):
         )
 
 
+def _local(grad: Any) -> Any:
+    """This process's part of a gradient: FSDP2 holds each as a DTensor, which has no .tolist()."""
+    to_local = getattr(grad, "to_local", None)
+    return to_local() if callable(to_local) else grad
+
+
+def _collective_device() -> Any:
+    """Where a process with no gradient of its own puts its count for the all-reduce (NCCL: its GPU)."""
+    import torch
+
+    if torch.distributed.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 class NonFiniteGuard(TrainerCallback):
     """Stops training when gradients (before the optimizer step) or the logged loss are not finite,
     by raising before transformers saves the step, so the last checkpoint on disk stays a good one."""
@@ -104,15 +120,27 @@ class NonFiniteGuard(TrainerCallback):
             return
         import torch
 
-        grads = [(name, p.grad) for name, p in model.named_parameters() if p.grad is not None]
-        if not grads:
-            return
-        finite = torch.stack([torch.isfinite(g).all() for _, g in grads]).tolist()  # one device sync
-        bad = [name for (name, _), ok in zip(grads, finite, strict=True) if not ok]
-        if bad:
+        grads = [(name, _local(p.grad)) for name, p in model.named_parameters() if p.grad is not None]
+        bad: list[str] = []
+        if grads:
+            finite = torch.stack([torch.isfinite(g).all() for _, g in grads]).tolist()  # one device sync
+            bad = [name for (name, _), ok in zip(grads, finite, strict=True) if not ok]
+        # FSDP and DeepSpeed leave each process a shard of each gradient (or none): every process must
+        # reach the same verdict, or one stops while the others wait for it in the next collective.
+        # Decided from the launch, not from the gradients, so all processes take part or none does.
+        bad_anywhere = len(bad)
+        if sharding() is not None and torch.distributed.is_initialized():
+            count = torch.tensor([len(bad)], device=grads[0][1].device if grads else _collective_device())
+            torch.distributed.all_reduce(count)
+            bad_anywhere = int(count.item())
+        if bad_anywhere:
             # How many tells a diverged run (all) from one op's overflow (those below it). Backward runs
             # from the output down, so the last bad tensor in model order is nearest where it began.
-            where = f"{len(bad)} of {len(grads)} trained tensors, the last {bad[-1].removeprefix('base_model.model.')}"
+            where = (
+                f"{len(bad)} of {len(grads)} trained tensors, the last {bad[-1].removeprefix('base_model.model.')}"
+                if bad
+                else "in another process's shard"
+            )
             self._stop("gradients", state.global_step + 1, args, where)
 
     def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, Any] | None = None, **kwargs: Any) -> None:
