@@ -218,6 +218,27 @@ def test_fast_engine_generation_equals_generate(tiny_model_dir: Path, monkeypatc
     assert [len(g) for g in sampled] == [3, 3, 3] and all(1 <= c.num_tokens <= 8 for g in sampled for c in g)
 
 
+def test_no_engine_choice_where_vllm_generates(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """A model Unsloth loaded with fast_inference carries its vLLM engine, where its generate goes: the
+    fast engine stays out and nothing claims "transformers' generate" (a GPU eval log said so, wrongly)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from trainer import generation
+
+    tok = AutoTokenizer.from_pretrained(tiny_model_dir)
+    model = AutoModelForCausalLM.from_pretrained(tiny_model_dir, dtype=torch.float32)
+    stops = generation.stop_token_ids(model, tok)
+    generation._SAID.clear()
+    with caplog.at_level(logging.INFO, logger="trainer.generation"):
+        assert generation._fast_engine(model, tok, "fast", False, 0.0, 0, stops) is None
+        assert "transformers' generate: the model is not on a GPU" in caplog.text  # the plain CPU model
+        caplog.clear()
+        generation._SAID.clear()
+        model.vllm_engine = object()
+        assert generation._fast_engine(model, tok, "fast", False, 0.0, 0, stops) is None
+    assert "generate" not in caplog.text
+
+
 def test_eval_stage_with_limit_flag(
     volume: Path, tiny_model_dir: Path, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -157,7 +157,9 @@ def _fast_engine(
 ) -> tuple[Any, Any] | None:
     """(RolloutEngine, Sampling) where `engine` is 'fast' and the engine runs this model, else None.
     `stops`: the token ids that end a completion (stop_token_ids)."""
-    if engine != "fast":
+    if engine != "fast" or getattr(model, "vllm_engine", None) is not None:
+        # Unsloth's fast_inference hangs its vLLM engine on the model, and its generate goes there:
+        # neither this engine nor transformers' generate decodes (logged where the model loads).
         return None
     from trainer.rollout import RolloutEngine, Sampling, unsupported_reason
 
