@@ -366,6 +366,57 @@ def test_a_changed_adapter_corrupt_block_or_reuse_false_computes_again(
     assert computed(eval_volume) == blocks_of("base", "sft") and outputs(eval_volume) == retrained
 
 
+def test_new_weights_in_the_same_model_folder_are_evaluated_again(
+    volume: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local model folder whose weights are replaced under the same name (a re-fetch, a user's copy):
+    its blocks are generated again, not reused with the old weights' completions."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    assert run_eval(model, "eval.models=[base]") == 0
+    old = outputs(volume)["samples"]
+    weights = model / "model.safetensors"
+    noise = torch.Generator().manual_seed(0)
+    tensors = {k: v + 0.5 * torch.randn(v.shape, generator=noise) for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with caplog.at_level(logging.INFO):
+        assert run_eval(model, "eval.models=[base]") == 0
+    assert "eval: base-heldout-greedy.json was made with another weights; computing it again" in caplog.text
+    assert computed(volume) == blocks_of("base") and outputs(volume)["samples"] != old
+
+
+# Given a tmp folder holding m/ (weights, config, tokenizer) and x.gguf: model.name, model.gguf_file,
+# and the files that stand for the base model's weights in an eval block's key (None: a hub id's key).
+IN_M = ["a.safetensors", "b.safetensors", "c.bin", "d.gguf"]
+WEIGHTS_CASES = {
+    "a hub id": lambda t: ("unsloth/Qwen3-4B-Base", None, None),
+    "a folder": lambda t: (f"{t}/m", None, IN_M),
+    "a gguf file in it": lambda t: (f"{t}/m", "d.gguf", IN_M),
+    "a gguf file of its own": lambda t: ("unsloth/Qwen3-4B-Base", f"{t}/x.gguf", [f"{t}/x.gguf"]),
+}
+
+
+@pytest.mark.parametrize("case", WEIGHTS_CASES)
+def test_the_weights_in_an_eval_key(case: str, tmp_path: Path) -> None:
+    from trainer.evaluate import local_weights, model_identity
+
+    name, gguf, expected = WEIGHTS_CASES[case](tmp_path)
+    (tmp_path / "m").mkdir()
+    for f in [*IN_M, "config.json", "tokenizer.json", "../x.gguf"]:
+        (tmp_path / "m" / f).write_text(f)
+    sets = [f"model.name={name}", "model.init=pretrained"] + ([f"model.gguf_file={gguf}"] if gguf else [])
+    cfg = load_config("configs/tiny.yaml", sets)
+    weights = local_weights(cfg)
+    assert (None if weights is None else sorted(weights)) == expected
+    for f, identity in (weights or {}).items():
+        stat = (Path(f) if Path(f).is_absolute() else tmp_path / "m" / f).stat()
+        assert identity == [stat.st_size, stat.st_mtime_ns]
+    # A hub id's key is what it was before weights were keyed: model.revision (in the model section) pins it.
+    assert ("weights" in model_identity(cfg, None, weights)) is (weights is not None)
+
+
 def test_a_limited_run_keeps_its_blocks_apart(eval_volume: Path, tiny_model_dir: Path) -> None:
     evals = eval_volume / "tiny/eval"
     assert run_eval(tiny_model_dir) == 0

@@ -152,16 +152,45 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(cfg: RunConfig, adapter: Path | None) -> dict[str, Any]:
+# The files of a local model folder that hold its weights (local_weights).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf")
+
+
+def local_weights(cfg: RunConfig) -> dict[str, list[int]] | None:
+    """The base model's weights as {file: [size in bytes, mtime in ns]} where they are local files:
+    each WEIGHT_FILES match in the folder model.name (building the tiny model there first under
+    model.init tiny: the key is of the weights that will load), and model.gguf_file wherever it lies.
+    None for a hub id: the recipe's model.revision is what pins it, in the model section already.
+
+    Size and mtime, not a hash: hashing multi-GB weights at every eval would take minutes, and
+    replacing or rewriting a file (a re-fetch, a user's copy) gives it a new mtime. A copied volume
+    with new mtimes costs one recompute, never a stale number; only a copy that keeps the mtime of
+    other weights of the same size (cp -p, rsync -a) goes unnoticed."""
+    name = models.resolve_model_path(cfg.model, cfg.seed)
+    folder = Path(name)
+    files = {p.name: p for pattern in WEIGHT_FILES for p in folder.glob(pattern)} if folder.is_dir() else {}
+    if cfg.model.gguf_file is not None:
+        from trainer.gguf_model import gguf_path
+
+        files[cfg.model.gguf_file] = gguf_path(name, cfg.model.gguf_file)
+    elif not folder.is_dir():
+        return None
+    stats = {f: p.stat() for f, p in sorted(files.items()) if p.is_file()}  # a missing one: the loader names it
+    return {f: [st.st_size, st.st_mtime_ns] for f, st in stats.items()}
+
+
+def model_identity(cfg: RunConfig, adapter: Path | None, weights: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """What one model's completions depend on besides prompts and decoding: the recipe's model section
-    and backend, the device and resolved dtype ('auto' is bfloat16 on a GPU, float32 on a CPU), the
-    versions of the libraries that generate, and the adapter's files (sha256; None for the base
-    model). The adapter's contents are hashed rather than its size and mtime: a copied or restored
-    volume (new mtimes) still matches, a retrained adapter of the same size never does, and one read
-    of a LoRA adapter costs little next to generating with it."""
+    and backend, the base model's weights where they are local files (`weights`, from local_weights;
+    left out of the key for a hub id), the device and resolved dtype ('auto' is bfloat16 on a GPU,
+    float32 on a CPU), the versions of the libraries that generate, and the adapter's files (sha256;
+    None for the base model). The adapter's contents are hashed rather than its size and mtime: a
+    copied or restored volume (new mtimes) still matches, a retrained adapter of the same size never
+    does, and one read of a LoRA adapter costs little next to generating with it."""
     import torch
 
     return {
+        **({} if weights is None else {"weights": weights}),
         "model": {"backend": cfg.backend, **to_dict(cfg.model)},
         "runtime": {
             "device": f"cuda {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu",
@@ -237,7 +266,8 @@ def compute_blocks(
     e = cfg.eval
     files = eval_files(cfg)
     modes = ["greedy", "sampled"] if e.num_samples > 0 else ["greedy"]
-    identity = {name: model_identity(cfg, adapters.get(name)) for name in names}
+    weights = local_weights(cfg)
+    identity = {name: model_identity(cfg, adapters.get(name), weights) for name in names}
     convs = {ds: [prompt_messages(r["question"]) for r in rows] for ds, rows in problems.items()}
     prompts = {ds: _digest([CHAT_TEMPLATE, c]) for ds, c in convs.items()}  # questions, system prompt, template
     keys = {
