@@ -20,7 +20,7 @@ import torch
 
 from trainer.cli import main
 from trainer.config import EvalDatasetConfig, load_config
-from trainer.data import eval_problems
+from trainer.data import eval_problems, eval_selection
 from trainer.evaluate import is_correct, metrics
 from trainer.generation import Completion
 from trainer.report import comparisons, completion_rows, log_line, markdown_report, plot_rewards, reward_series, smooth
@@ -168,6 +168,30 @@ def test_eval_limit_caps_every_dataset(tmp_path: Path) -> None:
     d = EvalDatasetConfig(name="p", path=str(path), limit=6)
     assert len(eval_problems(d, limit=None)) == 6
     assert [r["answer"] for r in eval_problems(d, limit=2)] == ["0", "1"]
+
+
+# A 10-problem file: (the dataset's own limit, eval.limit) -> problems evaluated, and whether they are the
+# full evaluation's (then eval writes report.*, not report-limitN.*).
+SELECTIONS = [
+    (None, None, 10, True),
+    (None, 1000, 10, True),
+    (None, 10, 10, True),
+    (None, 9, 9, False),
+    (6, None, 6, True),
+    (6, 6, 6, True),
+    (6, 3, 3, False),
+    (6, 1000, 10, False),  # eval.limit overrides the dataset's limit: more than the full evaluation's 6
+]
+
+
+@pytest.mark.parametrize(("own", "limit", "n", "full"), SELECTIONS)
+def test_eval_selection_says_whether_a_limit_leaves_out_a_problem(
+    own: int | None, limit: int | None, n: int, full: bool, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(10)))
+    rows, is_full = eval_selection(EvalDatasetConfig(name="p", path=str(path), limit=own), limit)
+    assert ([r["answer"] for r in rows], is_full) == ([str(i) for i in range(n)], full)
 
 
 # -------------------------------------------------------------------------------------------
@@ -428,6 +452,36 @@ def test_a_limited_run_keeps_its_blocks_apart(eval_volume: Path, tiny_model_dir:
     assert sorted(p.name for p in (evals / "blocks-limit3").iterdir()) == sorted(blocks_of("base", "sft"))
     assert {p: (evals / p).read_bytes() for p in full} == {p: b for p, (b, _) in full.items()}
     assert {p: (evals / p).stat().st_mtime_ns for p in full} == {p: t for p, (_, t) in full.items()}
+
+
+def test_a_limit_that_leaves_out_no_problem_is_the_full_evaluation(
+    volume: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    evals = volume / "tiny/eval"
+    sets = [
+        f"model.name={tiny_model_dir}",
+        "eval.datasets=[{name: heldout, path: src/trainer/sample_data/heldout.jsonl}]",
+    ]
+    sets += ["eval.models=[base]", "eval.max_new_tokens=4", "eval.num_samples=0"]
+    args = ["eval", "--config", "configs/tiny.yaml", *[a for o in sets for a in ("--set", o)]]
+    with caplog.at_level(logging.INFO):
+        assert main([*args, "--limit", "1000"]) == 0
+    assert "eval.limit 1000 leaves out no problem (heldout 64): this is the full evaluation" in caplog.text
+    assert sorted(p.name for p in evals.iterdir()) == [
+        "blocks",
+        "report.json",
+        "report.md",
+        "run.json",
+        "samples.jsonl",
+    ]
+    report = json.loads((evals / "report.json").read_text())
+    assert report["settings"]["limit"] is None and report["datasets"]["heldout"]["n"] == 64
+    assert "quick check" not in (evals / "report.md").read_text()
+    assert f"eval report: {evals / 'report.json'} and {evals / 'report.md'}; " in capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0  # the same evaluation without --limit: nothing left to compute
+    assert SUM.format(1, 1, evals / "blocks", 0) in caplog.text
 
 
 @pytest.mark.slow

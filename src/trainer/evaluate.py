@@ -7,9 +7,10 @@ Answers are checked by `trainer.answers` (extract_solution, answers_equivalent, 
 the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
 Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored);
 with eval.limit N, eval/report-limitN.json etc., leaving a full evaluation's files alone
-(volume.eval_files). Each block of work (one model on one dataset, greedy or sampled) is saved in
-eval/blocks/ as soon as it is generated, and a rerun reuses every block whose inputs are unchanged
-(compute_blocks): a SIGTERM costs at most the block it interrupted.
+(volume.eval_files), unless N leaves out no problem: then it is the full evaluation. Each block of
+work (one model on one dataset, greedy or sampled) is saved in eval/blocks/ as soon as it is
+generated, and a rerun reuses every block whose inputs are unchanged (compute_blocks): a SIGTERM
+costs at most the block it interrupted.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Any
 
 from trainer import backend, distributed, models
 from trainer.config import EvalConfig, RunConfig, to_dict
-from trainer.data import eval_problems
+from trainer.data import eval_selection
 from trainer.errors import Interrupted, UserError
 from trainer.format import CHAT_TEMPLATE, prompt_messages
 from trainer.generation import Completion, generate
 from trainer.report import markdown_report, stderr
 from trainer.volume import (
     ADAPTER_FILES,
+    EvalFiles,
     eval_files,
     find_adapter,
     package_versions,
@@ -315,7 +317,15 @@ def compute_blocks(
     return blocks, [block_path(files.blocks, *b).name for b in todo]
 
 
+def report_files(cfg: RunConfig, report: dict[str, Any]) -> EvalFiles:
+    """Where `main` wrote `report`: the files of the limit it was measured with (its settings), which
+    is no limit where eval.limit left out no problem."""
+    return eval_files(replace(cfg, eval=replace(cfg.eval, limit=report["settings"]["limit"])))
+
+
 def main(cfg: RunConfig) -> dict[str, Any]:
+    """Evaluate (see the module's docstring); the report. An eval.limit that leaves out no problem of
+    any dataset is the full evaluation, written as one (report_files)."""
     e = cfg.eval
     adapters: dict[str, Path] = {}
     for name in e.models:
@@ -329,7 +339,19 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     names = [n for n in e.models if n == "base" or n in adapters]
     if not names:
         raise UserError("nothing to evaluate: no adapters found and eval.models excludes 'base'.")
-    problems = {d.name: eval_problems(d, e.limit) for d in e.datasets}
+    selected = {d.name: eval_selection(d, e.limit) for d in e.datasets}
+    problems = {name: rows for name, (rows, _) in selected.items()}
+    if e.limit and all(full for _, full in selected.values()):
+        # Every problem the full evaluation has: written as one (report.md, blocks/), not as a quick check.
+        sizes = ", ".join(f"{name} {len(rows)}" for name, rows in problems.items())
+        limit, cfg = e.limit, replace(cfg, eval=replace(e, limit=None))
+        e = cfg.eval
+        log.info(
+            "eval.limit %d leaves out no problem (%s): this is the full evaluation, %s",
+            limit,
+            sizes,
+            eval_files(cfg).report_md,
+        )
     blocks, computed = compute_blocks(cfg, adapters, names, problems)
     results, samples = [], []
     for ds_name, rows in problems.items():
