@@ -302,6 +302,20 @@ MARKDOWN: list[Case] = [
     ("\\boxed{**73**}", "73", True),
     ("**\\boxed{73}**", "73", True),
     ("***73***", "73", True),
+    # Emphasis around the number, then a unit or words: the unit is dropped as in "73 cm".
+    ("**73** cm", "73", True),
+    ("**73** cm.", "73", True),
+    ("**73** centimeters", "73 cm", True),
+    ("**73**\\text{ cm}", "73", True),
+    ("*73* square feet", "73", True),
+    ("__1,000__ dollars", "1000", True),
+    ("`73` cm", "73", True),
+    ("**74** cm", "73", False),
+    ("**73** or 74", "73", False),
+    ("**73** and **74**", "73", False),
+    ("**7**3", "73", False),
+    ("**7**3", "7", False),
+    ("**2** pi", "2", False),
 ]
 
 # A bare list joined by commas, "and" or "or" is the set of its elements (see answers_equivalent).

@@ -21,6 +21,7 @@ from trainer.errors import RunLocked, UserError
 from trainer.resilience.checkpoints import MANIFEST, checkpoints, verify_checkpoint
 from trainer.resilience.guard import stage_guard
 from trainer.resilience.lock import LOCK, run_lock
+from trainer.tiny import check_tiny_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -269,6 +270,33 @@ def test_a_missing_model_folder_is_named_before_anything_loads(case: str, volume
     assert line.startswith(f"model.name '{missing}' is not a folder here (a hub id has the form org/name)"), line
     assert hint in line, line
     assert not volume.exists()
+
+
+# Where model.init tiny cannot build its model: (model.name given the volume and a tmp dir, what the line says).
+TAKEN_TINY_PATHS = {
+    # The stage's lock makes the run's folder before the model is built: caught at the build.
+    "the run's folder": (lambda vol, tmp: vol / "tiny", "a folder holding sft and no model (no config.json)"),
+    "an unrelated folder": (lambda vol, tmp: tmp / "notes", "a folder holding a.txt and no model (no config.json)"),
+    "a file": (lambda vol, tmp: tmp / "notes" / "a.txt", "a file, not a folder"),
+}
+
+
+@pytest.mark.parametrize("case", TAKEN_TINY_PATHS)
+def test_a_tiny_model_path_taken_by_something_else_is_named(case: str, volume: Path, tmp_path: Path, capsys) -> None:
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "a.txt").write_text("mine\n")
+    place, what = TAKEN_TINY_PATHS[case]
+    path = place(volume, tmp_path)
+    assert run("sft", [f"model.name={path}", "report_to=[]"]) == 2
+    line = error_line(capsys.readouterr().err)
+    assert line.startswith(f"model.name '{path}' is where model.init tiny builds the tiny model, but it is {what}")
+    assert "model.name=.cache/tiny-qwen3" in line, line
+    assert not volume.exists() and (tmp_path / "notes" / "a.txt").read_text() == "mine\n"
+
+
+def test_the_tiny_model_may_be_built_where_nothing_is_or_in_an_empty_folder(tmp_path: Path) -> None:
+    check_tiny_path(tmp_path / "new")
+    check_tiny_path(tmp_path)  # empty: the build's rename replaces it
 
 
 def test_a_stage_that_fails_before_training_leaves_no_lock_behind(

@@ -20,7 +20,7 @@ import torch
 
 from trainer.cli import main
 from trainer.config import EvalDatasetConfig, load_config
-from trainer.data import eval_problems
+from trainer.data import eval_problems, eval_selection
 from trainer.evaluate import is_correct, metrics
 from trainer.generation import Completion
 from trainer.report import comparisons, completion_rows, log_line, markdown_report, plot_rewards, reward_series, smooth
@@ -168,6 +168,30 @@ def test_eval_limit_caps_every_dataset(tmp_path: Path) -> None:
     d = EvalDatasetConfig(name="p", path=str(path), limit=6)
     assert len(eval_problems(d, limit=None)) == 6
     assert [r["answer"] for r in eval_problems(d, limit=2)] == ["0", "1"]
+
+
+# A 10-problem file: (the dataset's own limit, eval.limit) -> problems evaluated, and whether they are the
+# full evaluation's (then eval writes report.*, not report-limitN.*).
+SELECTIONS = [
+    (None, None, 10, True),
+    (None, 1000, 10, True),
+    (None, 10, 10, True),
+    (None, 9, 9, False),
+    (6, None, 6, True),
+    (6, 6, 6, True),
+    (6, 3, 3, False),
+    (6, 1000, 10, False),  # eval.limit overrides the dataset's limit: more than the full evaluation's 6
+]
+
+
+@pytest.mark.parametrize(("own", "limit", "n", "full"), SELECTIONS)
+def test_eval_selection_says_whether_a_limit_leaves_out_a_problem(
+    own: int | None, limit: int | None, n: int, full: bool, tmp_path: Path
+) -> None:
+    path = tmp_path / "p.jsonl"
+    path.write_text("".join(json.dumps({"question": f"q{i}", "answer": str(i)}) + "\n" for i in range(10)))
+    rows, is_full = eval_selection(EvalDatasetConfig(name="p", path=str(path), limit=own), limit)
+    assert ([r["answer"] for r in rows], is_full) == ([str(i) for i in range(n)], full)
 
 
 # -------------------------------------------------------------------------------------------
@@ -387,6 +411,57 @@ def test_a_changed_adapter_corrupt_block_or_reuse_false_computes_again(
     assert computed(eval_volume) == blocks_of("base", "sft") and outputs(eval_volume) == retrained
 
 
+def test_new_weights_in_the_same_model_folder_are_evaluated_again(
+    volume: Path, tiny_model_dir: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local model folder whose weights are replaced under the same name (a re-fetch, a user's copy):
+    its blocks are generated again, not reused with the old weights' completions."""
+    from safetensors.torch import load_file, save_file
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    assert run_eval(model, "eval.models=[base]") == 0
+    old = outputs(volume)["samples"]
+    weights = model / "model.safetensors"
+    noise = torch.Generator().manual_seed(0)
+    tensors = {k: v + 0.5 * torch.randn(v.shape, generator=noise) for k, v in load_file(weights).items()}
+    save_file(tensors, weights, metadata={"format": "pt"})
+    with caplog.at_level(logging.INFO):
+        assert run_eval(model, "eval.models=[base]") == 0
+    assert "eval: base-heldout-greedy.json was made with another weights; computing it again" in caplog.text
+    assert computed(volume) == blocks_of("base") and outputs(volume)["samples"] != old
+
+
+# Given a tmp folder holding m/ (weights, config, tokenizer) and x.gguf: model.name, model.gguf_file,
+# and the files that stand for the base model's weights in an eval block's key (None: a hub id's key).
+IN_M = ["a.safetensors", "b.safetensors", "c.bin", "d.gguf"]
+WEIGHTS_CASES = {
+    "a hub id": lambda t: ("unsloth/Qwen3-4B-Base", None, None),
+    "a folder": lambda t: (f"{t}/m", None, IN_M),
+    "a gguf file in it": lambda t: (f"{t}/m", "d.gguf", IN_M),
+    "a gguf file of its own": lambda t: ("unsloth/Qwen3-4B-Base", f"{t}/x.gguf", [f"{t}/x.gguf"]),
+}
+
+
+@pytest.mark.parametrize("case", WEIGHTS_CASES)
+def test_the_weights_in_an_eval_key(case: str, tmp_path: Path) -> None:
+    from trainer.evaluate import local_weights, model_identity
+
+    name, gguf, expected = WEIGHTS_CASES[case](tmp_path)
+    (tmp_path / "m").mkdir()
+    for f in [*IN_M, "config.json", "tokenizer.json", "../x.gguf"]:
+        (tmp_path / "m" / f).write_text(f)
+    sets = [f"model.name={name}", "model.init=pretrained"] + ([f"model.gguf_file={gguf}"] if gguf else [])
+    cfg = load_config("configs/tiny.yaml", sets)
+    weights = local_weights(cfg)
+    assert (None if weights is None else sorted(weights)) == expected
+    for f, identity in (weights or {}).items():
+        stat = (Path(f) if Path(f).is_absolute() else tmp_path / "m" / f).stat()
+        assert identity == [stat.st_size, stat.st_mtime_ns]
+    # A hub id's key is what it was before weights were keyed: model.revision (in the model section) pins it.
+    assert ("weights" in model_identity(cfg, None, weights)) is (weights is not None)
+
+
 def test_a_limited_run_keeps_its_blocks_apart(eval_volume: Path, tiny_model_dir: Path) -> None:
     evals = eval_volume / "tiny/eval"
     assert run_eval(tiny_model_dir) == 0
@@ -398,6 +473,36 @@ def test_a_limited_run_keeps_its_blocks_apart(eval_volume: Path, tiny_model_dir:
     assert sorted(p.name for p in (evals / "blocks-limit3").iterdir()) == sorted(blocks_of("base", "sft"))
     assert {p: (evals / p).read_bytes() for p in full} == {p: b for p, (b, _) in full.items()}
     assert {p: (evals / p).stat().st_mtime_ns for p in full} == {p: t for p, (_, t) in full.items()}
+
+
+def test_a_limit_that_leaves_out_no_problem_is_the_full_evaluation(
+    volume: Path, tiny_model_dir: Path, caplog: pytest.LogCaptureFixture, capsys: pytest.CaptureFixture
+) -> None:
+    evals = volume / "tiny/eval"
+    sets = [
+        f"model.name={tiny_model_dir}",
+        "eval.datasets=[{name: heldout, path: src/trainer/sample_data/heldout.jsonl}]",
+    ]
+    sets += ["eval.models=[base]", "eval.max_new_tokens=4", "eval.num_samples=0"]
+    args = ["eval", "--config", "configs/tiny.yaml", *[a for o in sets for a in ("--set", o)]]
+    with caplog.at_level(logging.INFO):
+        assert main([*args, "--limit", "1000"]) == 0
+    assert "eval.limit 1000 leaves out no problem (heldout 64): this is the full evaluation" in caplog.text
+    assert sorted(p.name for p in evals.iterdir()) == [
+        "blocks",
+        "report.json",
+        "report.md",
+        "run.json",
+        "samples.jsonl",
+    ]
+    report = json.loads((evals / "report.json").read_text())
+    assert report["settings"]["limit"] is None and report["datasets"]["heldout"]["n"] == 64
+    assert "quick check" not in (evals / "report.md").read_text()
+    assert f"eval report: {evals / 'report.json'} and {evals / 'report.md'}; " in capsys.readouterr().out
+    caplog.clear()
+    with caplog.at_level(logging.INFO):
+        assert main(args) == 0  # the same evaluation without --limit: nothing left to compute
+    assert SUM.format(1, 1, evals / "blocks", 0) in caplog.text
 
 
 @pytest.mark.slow

@@ -221,6 +221,8 @@ def test_markdown_emphasis_in_the_solution_counts_as_the_answer():
     texts = [done("**73**"), done("*73*"), done("`73`"), done("\\boxed{**73**}")]
     assert score("default", "check_answer", texts, answer="73") == [5.0, 5.0, 5.0, 5.0]
     assert score("default", "check_numbers", [done("**73**")], answer="73") == [3.5]
+    assert score("default", "check_answer", [done("**73** cm"), done("**73** or 74")], answer="73") == [5.0, -4.5]
+    assert score("default", "check_numbers", [done("**73** cm")], answer="73") == [3.5]
     assert score("default", "check_answer", [done("**74**")], answer="73") == [2.0]
 
 

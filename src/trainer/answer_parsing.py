@@ -35,6 +35,10 @@ _DECIMAL_COMMA = re.compile(r"([+-]?)(\d+),(\d+)")
 _SCIENTIFIC_TIMES = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d{1,4})\s*\}?")
 _UNIT_TAIL = re.compile(r"\s*\\(?:text|mbox|textnormal|mathrm)\s*\{\s*[A-Za-z .]*\}\s*$")
 _WORD_TAIL = re.compile(r"([+-]?[\d.,]*\d)\s*([A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?){0,2})")
+# Emphasis or code around the leading number only, then a unit or words ("**73** cm"): the markers
+# go, and the tail is then judged like any other ("73 cm" is 73, "73 or 74" no number). What follows
+# the closing marker must be a space, a LaTeX command or a letter: "**7**3" is no emphasised 7.
+_EMPHASIZED_HEAD = re.compile(r"(\*{1,3}|__|`)([^*_`]+)\1(?=[\s\\A-Za-z])(.+)", flags=re.DOTALL)
 # Two-letter words read as units; other two-letter words are more likely variables ("5 ab").
 _SHORT_UNITS = {"cm", "mm", "km", "kg", "mg", "ft", "in", "ml", "mi", "hr", "yd", "oz", "lb", "mph", "am", "pm"}
 _NOT_UNITS = {"pi", "and", "or", "sin", "cos", "tan", "log", "ln", "exp", "sqrt"}
@@ -79,8 +83,11 @@ def _closing_brace(s: str, open_at: int) -> int:
 
 
 def _number_text(s: str) -> str:
-    """Answer text with number formatting noise removed: ``\\!``, ``{,}``, ``\\$``, a trailing unit."""
+    """Answer text with number formatting noise removed: ``\\!``, ``{,}``, ``\\$``, a trailing unit, and
+    emphasis around a number that a unit follows (``**73** cm``)."""
     s = _unwrap(s)
+    if m := _EMPHASIZED_HEAD.fullmatch(s):
+        s = m.group(2).strip() + m.group(3)
     s = s.replace("\\!", "").replace("{,}", ",").replace("\\,", "").replace("\\ ", " ")
     s = s.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
     s = _UNIT_TAIL.sub("", s).strip()

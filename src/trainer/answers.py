@@ -334,7 +334,8 @@ def answers_equivalent(predicted: str, reference: str) -> bool:
     Rules worth knowing: values are equal exactly (rationals) or to a relative 1e-6, never to an
     absolute tolerance, so tiny values stay distinct; an answer meant as one expression that the
     parser reads only the start of is not equal to anything but its own text; markdown emphasis
-    (``**73**``) and math delimiters around the whole answer are ignored. A bare list may be joined
+    (``**73**``) and math delimiters around the whole answer are ignored, and so is emphasis around a
+    number that a unit follows (``**73** cm`` is 73, ``**73** or 74`` no number). A bare list may be joined
     by commas, "and" or "or" (``1, 2 and 3``, ``1, 2, and 3``, ``$1$ and $2$``): it is the set of its
     elements, so order and the joining words do not matter; a tuple or interval in brackets keeps
     its order and its brackets.

@@ -37,7 +37,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         type=_positive_int,
         metavar="N",
         help="eval: at most N problems per dataset (same as --set eval.limit=N); the report goes to "
-        "eval/report-limitN.{json,md}, leaving a full evaluation's report.{json,md} alone",
+        "eval/report-limitN.{json,md}, leaving a full evaluation's report.{json,md} alone (an N that "
+        "leaves out no problem is the full evaluation: report.{json,md})",
     )
     return p.parse_args(argv)
 
@@ -83,10 +84,10 @@ def _shown(path: Path) -> str:
 
 def show_eval(cfg: RunConfig, report: dict[str, Any]) -> None:
     """`trainer eval`'s output: the table (evaluate.main's report) and where its files are."""
+    from trainer.evaluate import report_files
     from trainer.report import markdown_report
-    from trainer.volume import eval_files
 
-    files = eval_files(cfg)
+    files = report_files(cfg, report)
     print(markdown_report(report))
     print(f"\neval report: {files.report_json} and {files.report_md}; completions: {files.samples}")
 
@@ -95,8 +96,9 @@ def demo(cfg: RunConfig, config_path: str) -> None:
     """The whole pipeline on one config, then where everything went, and the evaluation table (once,
     here at the end, not after the eval stage as well). `config_path`: the recipe file, for the
     commands printed at the end."""
+    from trainer.evaluate import report_files
     from trainer.report import markdown_report
-    from trainer.volume import eval_files, stage_dir
+    from trainer.volume import stage_dir
 
     t0 = time.time()
     sft = run_stage("sft", cfg)
@@ -109,7 +111,7 @@ def demo(cfg: RunConfig, config_path: str) -> None:
     print(f"  GRPO adapter: {_shown(grpo)}")
     print(f"  reward plot:  {_shown(run_dir / 'grpo' / 'rewards.png')}")
     print(f"  rollouts:     {_shown(run_dir / 'grpo' / 'completions.jsonl')}")
-    print(f"  eval report:  {_shown(eval_files(cfg).report_md)}")
+    print(f"  eval report:  {_shown(report_files(cfg, report).report_md)}")
     config = "" if config_path == "configs/tiny.yaml" else f" CONFIG={config_path}"
     print(f"  TensorBoard:  RUNNER=local{config} make tensorboard   (then open http://localhost:6006)")
     print(f'  ask it:       RUNNER=local{config} make infer PROMPT="{cfg.infer.prompt}"')

@@ -245,12 +245,19 @@ def grpo_prompts(
 
 
 def eval_problems(cfg: EvalDatasetConfig, limit: int | None) -> list[dict[str, str]]:
-    """Held-out problems {question, answer}; GSM8K answers reduced to the text after '####'."""
+    """Held-out problems {question, answer}; GSM8K answers reduced to the text after '####'. The
+    first `limit` (eval.limit, which overrides the dataset's own), else the first `cfg.limit`, else all."""
+    return eval_selection(cfg, limit)[0]
+
+
+def eval_selection(cfg: EvalDatasetConfig, limit: int | None) -> tuple[list[dict[str, str]], bool]:
+    """`eval_problems`, and whether they are the very problems of a full evaluation (no eval.limit):
+    a `limit` at or above the dataset's size, or equal to the dataset's own limit, leaves out none."""
     source = f"eval dataset '{cfg.name}' ({cfg.path})"
     rows = load_rows(cfg.path, name=cfg.config, split=cfg.split, on_bad_row=cfg.on_bad_row)
     rows = select_columns(rows, EVAL_COLUMNS, cfg.columns, source, cfg.on_bad_row, cfg.answer_format)
     if cfg.answer_format == "gsm8k":
         for r in rows:
             r["answer"] = split_gsm8k(r["answer"], source)[1]
-    n = limit or cfg.limit
-    return rows[:n] if n else rows
+    chosen, full = rows[: limit or cfg.limit or None], rows[: cfg.limit or None]
+    return chosen, len(chosen) == len(full)  # both are the first rows: the same length, the same problems

@@ -7,9 +7,10 @@ Answers are checked by `trainer.answers` (extract_solution, answers_equivalent, 
 the same verifier the GRPO rewards use, so the metric and the training signal cannot drift apart.
 Writes eval/report.json, eval/report.md and eval/samples.jsonl (every greedy completion, scored);
 with eval.limit N, eval/report-limitN.json etc., leaving a full evaluation's files alone
-(volume.eval_files). Each block of work (one model on one dataset, greedy or sampled) is saved in
-eval/blocks/ as soon as it is generated, and a rerun reuses every block whose inputs are unchanged
-(compute_blocks): a SIGTERM costs at most the block it interrupted.
+(volume.eval_files), unless N leaves out no problem: then it is the full evaluation. Each block of
+work (one model on one dataset, greedy or sampled) is saved in eval/blocks/ as soon as it is
+generated, and a rerun reuses every block whose inputs are unchanged (compute_blocks): a SIGTERM
+costs at most the block it interrupted.
 """
 
 from __future__ import annotations
@@ -26,13 +27,14 @@ from typing import Any
 
 from trainer import backend, distributed, models
 from trainer.config import EvalConfig, RunConfig, to_dict
-from trainer.data import eval_problems
+from trainer.data import eval_selection
 from trainer.errors import Interrupted, UserError
 from trainer.format import CHAT_TEMPLATE, prompt_messages
 from trainer.generation import Completion, generate
 from trainer.report import markdown_report, stderr
 from trainer.volume import (
     ADAPTER_FILES,
+    EvalFiles,
     eval_files,
     find_adapter,
     package_versions,
@@ -152,16 +154,45 @@ def _digest(value: Any) -> str:
     return hashlib.sha256(json.dumps(value, sort_keys=True).encode()).hexdigest()
 
 
-def model_identity(cfg: RunConfig, adapter: Path | None) -> dict[str, Any]:
+# The files of a local model folder that hold its weights (local_weights).
+WEIGHT_FILES = ("*.safetensors", "*.bin", "*.gguf")
+
+
+def local_weights(cfg: RunConfig) -> dict[str, list[int]] | None:
+    """The base model's weights as {file: [size in bytes, mtime in ns]} where they are local files:
+    each WEIGHT_FILES match in the folder model.name (building the tiny model there first under
+    model.init tiny: the key is of the weights that will load), and model.gguf_file wherever it lies.
+    None for a hub id: the recipe's model.revision is what pins it, in the model section already.
+
+    Size and mtime, not a hash: hashing multi-GB weights at every eval would take minutes, and
+    replacing or rewriting a file (a re-fetch, a user's copy) gives it a new mtime. A copied volume
+    with new mtimes costs one recompute, never a stale number; only a copy that keeps the mtime of
+    other weights of the same size (cp -p, rsync -a) goes unnoticed."""
+    name = models.resolve_model_path(cfg.model, cfg.seed)
+    folder = Path(name)
+    files = {p.name: p for pattern in WEIGHT_FILES for p in folder.glob(pattern)} if folder.is_dir() else {}
+    if cfg.model.gguf_file is not None:
+        from trainer.gguf_model import gguf_path
+
+        files[cfg.model.gguf_file] = gguf_path(name, cfg.model.gguf_file)
+    elif not folder.is_dir():
+        return None
+    stats = {f: p.stat() for f, p in sorted(files.items()) if p.is_file()}  # a missing one: the loader names it
+    return {f: [st.st_size, st.st_mtime_ns] for f, st in stats.items()}
+
+
+def model_identity(cfg: RunConfig, adapter: Path | None, weights: dict[str, list[int]] | None = None) -> dict[str, Any]:
     """What one model's completions depend on besides prompts and decoding: the recipe's model section
-    and backend, the device and resolved dtype ('auto' is bfloat16 on a GPU, float32 on a CPU), the
-    versions of the libraries that generate, and the adapter's files (sha256; None for the base
-    model). The adapter's contents are hashed rather than its size and mtime: a copied or restored
-    volume (new mtimes) still matches, a retrained adapter of the same size never does, and one read
-    of a LoRA adapter costs little next to generating with it."""
+    and backend, the base model's weights where they are local files (`weights`, from local_weights;
+    left out of the key for a hub id), the device and resolved dtype ('auto' is bfloat16 on a GPU,
+    float32 on a CPU), the versions of the libraries that generate, and the adapter's files (sha256;
+    None for the base model). The adapter's contents are hashed rather than its size and mtime: a
+    copied or restored volume (new mtimes) still matches, a retrained adapter of the same size never
+    does, and one read of a LoRA adapter costs little next to generating with it."""
     import torch
 
     return {
+        **({} if weights is None else {"weights": weights}),
         "model": {"backend": cfg.backend, **to_dict(cfg.model)},
         "runtime": {
             "device": f"cuda {torch.cuda.get_device_name()}" if torch.cuda.is_available() else "cpu",
@@ -237,7 +268,8 @@ def compute_blocks(
     e = cfg.eval
     files = eval_files(cfg)
     modes = ["greedy", "sampled"] if e.num_samples > 0 else ["greedy"]
-    identity = {name: model_identity(cfg, adapters.get(name)) for name in names}
+    weights = local_weights(cfg)
+    identity = {name: model_identity(cfg, adapters.get(name), weights) for name in names}
     convs = {ds: [prompt_messages(r["question"]) for r in rows] for ds, rows in problems.items()}
     prompts = {ds: _digest([CHAT_TEMPLATE, c]) for ds, c in convs.items()}  # questions, system prompt, template
     keys = {
@@ -285,7 +317,15 @@ def compute_blocks(
     return blocks, [block_path(files.blocks, *b).name for b in todo]
 
 
+def report_files(cfg: RunConfig, report: dict[str, Any]) -> EvalFiles:
+    """Where `main` wrote `report`: the files of the limit it was measured with (its settings), which
+    is no limit where eval.limit left out no problem."""
+    return eval_files(replace(cfg, eval=replace(cfg.eval, limit=report["settings"]["limit"])))
+
+
 def main(cfg: RunConfig) -> dict[str, Any]:
+    """Evaluate (see the module's docstring); the report. An eval.limit that leaves out no problem of
+    any dataset is the full evaluation, written as one (report_files)."""
     e = cfg.eval
     adapters: dict[str, Path] = {}
     for name in e.models:
@@ -299,7 +339,19 @@ def main(cfg: RunConfig) -> dict[str, Any]:
     names = [n for n in e.models if n == "base" or n in adapters]
     if not names:
         raise UserError("nothing to evaluate: no adapters found and eval.models excludes 'base'.")
-    problems = {d.name: eval_problems(d, e.limit) for d in e.datasets}
+    selected = {d.name: eval_selection(d, e.limit) for d in e.datasets}
+    problems = {name: rows for name, (rows, _) in selected.items()}
+    if e.limit and all(full for _, full in selected.values()):
+        # Every problem the full evaluation has: written as one (report.md, blocks/), not as a quick check.
+        sizes = ", ".join(f"{name} {len(rows)}" for name, rows in problems.items())
+        limit, cfg = e.limit, replace(cfg, eval=replace(e, limit=None))
+        e = cfg.eval
+        log.info(
+            "eval.limit %d leaves out no problem (%s): this is the full evaluation, %s",
+            limit,
+            sizes,
+            eval_files(cfg).report_md,
+        )
     blocks, computed = compute_blocks(cfg, adapters, names, problems)
     results, samples = [], []
     for ds_name, rows in problems.items():

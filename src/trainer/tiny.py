@@ -13,6 +13,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from trainer.errors import ConfigError, override
 from trainer.format import CHAT_TEMPLATE, SYSTEM_PROMPT, TAGS
 
 log = logging.getLogger(__name__)
@@ -87,13 +88,35 @@ def build_model(vocab_size: int, seed: int = 0, **shape: int):
     return model
 
 
+def check_tiny_path(path: str | os.PathLike) -> None:
+    """Raise ConfigError unless `path` (model.name under model.init tiny) holds a model already
+    (config.json) or the tiny model can be built there: nothing there yet, or an empty folder. The
+    build renames its finished folder onto `path`, which fails on a file or on a folder holding
+    anything, e.g. a run's folder CHECKPOINT_DIR/<run_name> where the stage has already taken its lock."""
+    dest = Path(path)
+    if (dest / "config.json").is_file() or not dest.exists() or (dest.is_dir() and not any(dest.iterdir())):
+        return
+    if dest.is_dir():
+        held = sorted(p.name for p in dest.iterdir())
+        what = f"a folder holding {', '.join(held[:3])}{', ...' if len(held) > 3 else ''} and no model (no config.json)"
+    else:
+        what = "a file, not a folder"
+    raise ConfigError(
+        f"model.name '{dest}' is where model.init tiny builds the tiny model, but it is {what}; point "
+        "model.name at a path of its own (not a run's folder under CHECKPOINT_DIR, where the stages write), "
+        f"e.g. {override('model.name=.cache/tiny-qwen3')}."
+    )
+
+
 def ensure_tiny_model(path: str | os.PathLike, seed: int = 0) -> Path:
-    """Build the tiny model at `path` unless it is already there. Atomic: built aside, then renamed."""
+    """Build the tiny model at `path` unless it is already there. Atomic: built aside, then renamed.
+    Raises ConfigError where `path` is taken by something else (check_tiny_path)."""
     import torch
 
     dest = Path(path)
     if (dest / "config.json").is_file():
         return dest
+    check_tiny_path(dest)
     log.info("building the tiny Qwen3 model and tokenizer at %s", dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))

@@ -55,10 +55,16 @@ def looks_local(name: str) -> bool:
 
 def check_model_folder(cfg: ModelConfig, recipe: str | None = None) -> None:
     """Stop before anything loads when `cfg.name` is a local path (`looks_local`) that is not a folder:
-    transformers would take it for a hub id and say only that it is not of the hub's form.
+    transformers would take it for a hub id and say only that it is not of the hub's form. Under
+    model.init tiny, when `cfg.name` is taken by something that is no model (`check_tiny_path`).
     `recipe`: the recipe file, for the hint. Raises ConfigError."""
     own_gguf = cfg.gguf_file is not None and Path(cfg.gguf_file).is_absolute()  # then `name` is unused
-    if cfg.init == "tiny" or own_gguf or not looks_local(cfg.name):
+    if cfg.init == "tiny":
+        from trainer.tiny import check_tiny_path
+
+        check_tiny_path(cfg.name)
+        return
+    if own_gguf or not looks_local(cfg.name):
         return
     if cfg.name and Path(cfg.name).expanduser().is_dir():  # Path("") would be the working directory
         return
