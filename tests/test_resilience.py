@@ -348,6 +348,44 @@ def test_grpo_made_from_another_sft_adapter_is_not_resumed(
     assert run("grpo", [*args, "resume=fresh"]) == 0
 
 
+@pytest.mark.parametrize("stage", ["sft", "grpo"])
+def test_a_data_file_changed_under_the_same_path_is_other_data(stage: str, volume: Path, tmp_path: Path) -> None:
+    """The stage's data file edited in place (same path, one row fewer): its checkpoint, or the
+    finished run's record, was made from other rows, so the rerun is refused naming the file's
+    contents, before anything loads; the unchanged file resumes (or is finished)."""
+    from trainer.config import load_config
+    from trainer.errors import UserError
+    from trainer.resilience.resume import check_resume, data_identity, stage_settings
+    from trainer.volume import write_run_record
+
+    data = tmp_path / "data.jsonl"
+    shutil.copy(ROOT / f"src/trainer/sample_data/{stage}.jsonl", data)
+    cfg = load_config(ROOT / "configs/tiny.yaml", [f"{stage}.dataset.path={data}", f"{stage}.max_steps=2"])
+    out, before = volume / f"tiny/{stage}", stage_settings(cfg, stage)
+    (out / "adapter").mkdir(parents=True)
+    for name in ("adapter_config.json", "adapter_model.safetensors"):
+        (out / "adapter" / name).write_text("{}")
+    write_run_record(cfg, stage, global_step=2, **data_identity(cfg, stage))  # as training.finish writes it
+    assert check_resume(cfg, stage) == out / "adapter"  # the same file: finished
+    write_manifest(fake_checkpoint(out / "checkpoints", 1, manifest=False), 1, before)
+    (out / "run.json").unlink()
+    assert check_resume(cfg, stage) is None  # the same file: resumes checkpoint-1
+
+    data.write_text(data.read_text().split("\n", 1)[1])
+    with pytest.raises(UserError) as err:
+        check_resume(cfg, stage)
+    assert (
+        f"the checkpoint {out / 'checkpoints/checkpoint-1'} was made with other settings ({stage}.dataset.file_sha256 '"
+        in str(err.value)
+    )
+    shutil.rmtree(out / "checkpoints")
+    write_run_record(cfg, stage, global_step=2, **{k: before[k] for k in before if k.endswith("file_sha256")})
+    with pytest.raises(UserError) as err:
+        check_resume(cfg, stage)
+    assert f"the finished run in {out} was made with other settings ({stage}.dataset.file_sha256 '" in str(err.value)
+    assert "resume=fresh" in str(err.value)
+
+
 @pytest.mark.parametrize(
     ("bad", "where"),
     [

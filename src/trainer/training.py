@@ -12,7 +12,7 @@ from trainer import distributed, models
 from trainer.config import RunConfig
 from trainer.errors import UserError
 from trainer.resilience import checkpoints
-from trainer.resilience.resume import stage_settings
+from trainer.resilience.resume import data_identity, stage_settings
 from trainer.resilience.stopping import NonFiniteGuard, StopOnSignal
 from trainer.volume import save_adapter, stage_dir, write_run_record
 
@@ -254,6 +254,7 @@ def finish(cfg: RunConfig, stage: str, trainer: Any, tokenizer: Any, **extra: An
             adapter=str(adapter),
             global_step=trainer.state.global_step,
             num_processes=distributed.num_processes(),
+            **data_identity(cfg, stage),
             **extra,
         )
         log.info("%s adapter written to %s", stage, adapter)

@@ -64,11 +64,25 @@ def adapter_weights(adapter: Path) -> str:
     return sha256_file(adapter / "adapter_model.safetensors")[:12]
 
 
+def data_key(stage: str) -> str:
+    """The settings key of the stage's data file's contents (data_identity)."""
+    return f"{stage}.dataset.file_sha256"
+
+
+def data_identity(cfg: RunConfig, stage: str) -> dict[str, str]:
+    """{data_key: first 12 hex digits of its sha256} for a stage whose dataset is a local file, else
+    {}: a file edited or replaced under the same path is other data (a hub dataset is named by its
+    path, name and split, in the settings already)."""
+    data = Path(getattr(cfg, stage).dataset.path)
+    return {data_key(stage): sha256_file(data)[:12]} if data.is_file() else {}
+
+
 def stage_settings(cfg: RunConfig, stage: str) -> dict[str, Any]:
-    """What a checkpoint of `stage` records and a resume compares: `resume_settings`, and for GRPO
-    the start adapter's weights (`START_WEIGHTS`) where that adapter exists. Raises UserError for a
-    `grpo.start_from` folder that holds no adapter."""
-    settings = resume_settings(to_dict(cfg), stage)
+    """What a checkpoint of `stage` records and a resume compares: `resume_settings`, the stage's
+    local data file's contents (`data_identity`) and for GRPO the start adapter's
+    weights (`START_WEIGHTS`) where that adapter exists. Raises UserError for a `grpo.start_from`
+    folder that holds no adapter."""
+    settings = {**resume_settings(to_dict(cfg), stage), **data_identity(cfg, stage)}
     if stage == "grpo" and (start := find_adapter(cfg, cfg.grpo.start_from or "sft")) is not None:
         settings[START_WEIGHTS] = adapter_weights(start)
     return settings
@@ -110,16 +124,16 @@ def check_resume(cfg: RunConfig, stage: str) -> Path | None:
             resume_settings(record["config"], stage),
             record["global_step"],
         )
-        if START_WEIGHTS in record:
-            saved[START_WEIGHTS] = record[START_WEIGHTS]
+        saved.update({k: record[k] for k in (START_WEIGHTS, data_key(stage)) if k in record})
         total = step
     else:
         return None
-    if saved is not None and (START_WEIGHTS not in saved or START_WEIGHTS not in now):
-        # Nothing to compare: made before start adapters were recorded, or the start adapter is
-        # gone (a finished stage needs none; grpo says so when it would train).
-        saved.pop(START_WEIGHTS, None)
-        now.pop(START_WEIGHTS, None)
+    for key in (START_WEIGHTS, data_key(stage)):
+        if saved is not None and (key not in saved or key not in now):
+            # Nothing to compare: made before these were recorded, or the file is gone (a finished
+            # stage needs neither; the stage says so when it would train).
+            saved.pop(key, None)
+            now.pop(key, None)
     if saved is None:
         log.warning("%s records no settings (an older version made it); resuming without comparing them", what)
     elif (
