@@ -34,7 +34,12 @@ _LATEX_FRACTION = re.compile(r"([+-]?)(?:(\d+)\s*)?\\[dtc]?frac\s*(?:\{\s*(\d+)\
 _DECIMAL_COMMA = re.compile(r"([+-]?)(\d+),(\d+)")
 _SCIENTIFIC_TIMES = re.compile(r"([+-]?\d+(?:\.\d+)?)\s*(?:\\times|\\cdot|\*|x)\s*10\s*\^\s*\{?\s*([+-]?\d{1,4})\s*\}?")
 _UNIT_TAIL = re.compile(r"\s*\\(?:text|mbox|textnormal|mathrm)\s*\{\s*[A-Za-z .]*\}\s*$")
-_WORD_TAIL = re.compile(r"([+-]?[\d.,]*\d)\s*([A-Za-z]{2,}\.?(?:\s+[A-Za-z]{2,}\.?){0,2})")
+# A unit word may carry a power and a per-unit ("cm^2", "ft²", "km/h"); the number may be a fraction ("1/4 cup", "2 1/2 cups").
+_POWER = r"(?:\^\{?[23]\}?|[²³])?"
+_UNIT_WORD = rf"[A-Za-z]{{2,}}{_POWER}(?:/[A-Za-z]+{_POWER})?\.?"
+_WORD_TAIL = re.compile(rf"([+-]?(?:\d+\s+)?[\d.,]*\d(?:/\d+)?)\s*({_UNIT_WORD}(?:\s+{_UNIT_WORD}){{0,2}})")
+# Degrees after a number: the sign models write ("90°", "5 °C") or LaTeX's ("90^\circ").
+_DEGREE_TAIL = re.compile(r"(?<=\d)\s*(?:°|\^\s*\{?\s*\\circ\s*\}?)\s*[CF]?\s*$")
 # Emphasis or code around the leading number only, then a unit or words ("**73** cm"): the markers
 # go, and the tail is then judged like any other ("73 cm" is 73, "73 or 74" no number). What follows
 # the closing marker must be a space, a LaTeX command or a letter: "**7**3" is no emphasised 7.
@@ -46,7 +51,7 @@ _NOT_UNITS = {"pi", "and", "or", "sin", "cos", "tan", "log", "ln", "exp", "sqrt"
 
 def _is_unit_tail(words: str) -> bool:
     """Whether the words after a number read as a unit ("dollars", "square feet"), not math."""
-    parts = [w.rstrip(".").lower() for w in words.split()]
+    parts = [re.split(r"[/^²³]", w.rstrip(".").lower())[0] for w in words.split()]  # "km/h": km
     return all(w not in _NOT_UNITS and (len(w) > 2 or w in _SHORT_UNITS) for w in parts)
 
 
@@ -90,7 +95,7 @@ def _number_text(s: str) -> str:
         s = m.group(2).strip() + m.group(3)
     s = s.replace("\\!", "").replace("{,}", ",").replace("\\,", "").replace("\\ ", " ")
     s = s.replace("\\$", "").replace("$", "").replace("\\left", "").replace("\\right", "")
-    s = _UNIT_TAIL.sub("", s).strip()
+    s = _DEGREE_TAIL.sub("", _UNIT_TAIL.sub("", s).strip()).strip()
     # "10 dollars", "12 ways": a number followed by unit words (not "pi", not one-letter variables).
     if (m := _WORD_TAIL.fullmatch(s)) and _is_unit_tail(m.group(2)):
         s = m.group(1)
