@@ -219,6 +219,13 @@ COLLECTIONS: list[Case] = [
     ("-2, 1", "1, -2", True),
     ("\\{3,5,7\\}", "3,5,7", True),
     ("\\{1,2\\}", "\\{2,1\\}", True),
+    # A set in braces is neither a tuple nor an interval, in whichever order its elements come.
+    ("\\{1,2\\}", "(1,2)", False),
+    ("\\{2,1\\}", "(1,2)", False),
+    ("(2,1)", "\\{1,2\\}", False),
+    ("\\{1,2,3\\}", "(1,2,3)", False),
+    ("\\{x,y\\}", "(x,y)", False),
+    ("\\{1,2\\}", "[1,2]", False),
     ("\\{1,2\\}", "\\{1,3\\}", False),
     ("\\{1\\pm\\sqrt{5},-2\\}", "\\{-2, 1+\\sqrt{5}, 1-\\sqrt{5}\\}", True),
     ("\\pm 3", "\\pm 3", True),

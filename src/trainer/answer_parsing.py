@@ -185,7 +185,7 @@ def _bracketed_equal(pred: str, ref: str) -> bool | None:
         return None
     p_set, r_set = p[0] == "\\{", r[0] == "\\{"
     if p_set != r_set:
-        return None  # a set against a tuple or interval: math-verify's call
+        return False  # a set is neither a tuple nor an interval
     if p_set:  # order-insensitive, duplicates ignored
         return all(any(_numbers_equal(a, b, at, bt) for b, bt in r[1]) for a, at in p[1]) and all(
             any(_numbers_equal(a, b, at, bt) for a, at in p[1]) for b, bt in r[1]

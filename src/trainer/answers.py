@@ -293,6 +293,8 @@ def _symbolic_equal(pred: str, ref: str) -> bool:
         return False  # an answer the parser could not read equals only its own text (answers_equivalent)
     if not verify(gold, target, timeout_seconds=None):
         return False
+    if {_collection(gold[0], ref), _collection(target[0], pred)} == {"set", "ordered"}:
+        return False  # math-verify matches {1, 2} to the interval (1, 2) and to the tuple (2, 1)
     # math-verify rounds numbers to 6 decimal places, so 0.0000672 "equals" 0.0000671; require the
     # values (when both are plain numbers) to be equal when both are rational, else to agree to a
     # relative 1e-6. No absolute tolerance: 2^-98 and 2^-99 are both below any fixed one.
@@ -302,6 +304,17 @@ def _symbolic_equal(pred: str, ref: str) -> bool:
     if g is not None and t is not None:
         return abs(g - t) <= 1e-6 * max(abs(g), abs(t))
     return True
+
+
+def _collection(value: Any, text: str) -> str | None:
+    """'set' for a set written in braces (``\\{1, 2\\}``), 'ordered' for a tuple, interval or union of
+    intervals, else None. A bare list (``1, 2``) reads as a set too, but is left out: it is how many
+    answers write a tuple's elements."""
+    from sympy import FiniteSet, Interval, Tuple, Union
+
+    if isinstance(value, FiniteSet) and "{" in text:
+        return "set"
+    return "ordered" if isinstance(value, (Interval, Tuple, Union)) else None
 
 
 def _parse(prepared: str, configs: list[Any]) -> list[Any]:
