@@ -206,8 +206,13 @@ def test_default_format_rejects_trailing_lines_and_multiple_blocks():
     assert score("default", "check_answer", texts, answer="4") == [5.0, 5.0, -2.0, -2.0]
 
 
-# Whitespace, and answers that are only wrappers or punctuation: nothing is there once unwrapped.
-@pytest.mark.parametrize("blank", [" ", "", "\n\t ", "  \n", "$ $", "$$", "\\boxed{ }", "**", ".", "?", "\\(\\)"])
+# Whitespace, LaTeX spacing, and answers that are only wrappers or punctuation (Unicode's too):
+# nothing is there once unwrapped.
+@pytest.mark.parametrize(
+    "blank",
+    [" ", "", "\n\t ", "  \n", "$ $", "$$", "\\boxed{ }", "**", ".", "?", "\\(\\)"]
+    + ["—", "…", "–", "\\quad", "$\\qquad$", "\\hspace{1em}", "\\boxed{\\;}", "\u00a0"],
+)
 def test_default_format_pays_nothing_for_an_empty_answer(blank):
     text = f"<end_working_out><SOLUTION>{blank}</SOLUTION>"
     assert score("default", "match_format_exactly", [text, text + EOS]) == [0.0, 0.0]
@@ -215,6 +220,12 @@ def test_default_format_pays_nothing_for_an_empty_answer(blank):
     assert score("default", "check_answer", [text], answer="4") == [-2.0]
     if blank:  # the seed set keeps the recipe's regex, which pays for it
         assert score("seed", "match_format_exactly", [text]) == [3.0]
+
+
+@pytest.mark.parametrize("answer", ["∅", "\\emptyset", "0", "x", "\\text{none}"])
+def test_default_format_pays_for_a_short_answer(answer):
+    text = f"<end_working_out><SOLUTION>{answer}</SOLUTION>"
+    assert score("default", "match_format_exactly", [text]) == [3.0] and follows_format(text)
 
 
 def test_markdown_emphasis_in_the_solution_counts_as_the_answer():

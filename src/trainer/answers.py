@@ -16,6 +16,7 @@ import re
 import signal
 import string
 import threading
+import unicodedata
 from collections.abc import Callable
 from fractions import Fraction
 from typing import Any
@@ -79,15 +80,23 @@ def strict_format_regex(eos_token: str | None) -> re.Pattern[str]:
     )
 
 
+# LaTeX's spacing commands: they print nothing but space.
+_LATEX_SPACE = re.compile(r"\\(?:q?quad|en(?:space|skip)|thinspace|medspace|thickspace|hspace\*?\{[^}]*\}|[,;:!> ])")
+
+
 def holds_answer(answer: str) -> bool:
     """Whether a captured answer says anything: once unwrapped (math delimiters, markdown, ``\\boxed{}``,
-    a final period) it holds a character other than whitespace and ASCII punctuation. The seed pays
-    format credit for ``<SOLUTION> </SOLUTION>``, and ``$ $``, ``\\boxed{}`` or ``.`` are no answer either.
+    a final period) it holds a character other than whitespace, LaTeX spacing (``\\quad``) and
+    punctuation (ASCII's, and Unicode's: ``—``, ``…``). The seed pays format credit for
+    ``<SOLUTION> </SOLUTION>``, and ``$ $``, ``\\boxed{}`` or ``.`` are no answer either.
 
     >>> [holds_answer(a) for a in ["42", "\\\\infty", " ", "$ $", "\\\\boxed{}", "**", "?"]]
     [True, True, False, False, False, False, False]
     """
-    return any(not c.isspace() and c not in string.punctuation for c in _unwrap(answer))
+    text = _LATEX_SPACE.sub(" ", _unwrap(answer))
+    return any(
+        not c.isspace() and c not in string.punctuation and not unicodedata.category(c).startswith("P") for c in text
+    )
 
 
 _STRICT_NO_EOS = strict_format_regex(None)
